@@ -1,0 +1,28 @@
+"""The speedrun shrunk to every stage in a few steps: CI runs it so the main job cannot break silently.
+
+    jaxllm run speedrun_smoke
+"""
+import dataclasses
+from pathlib import Path
+
+from jaxllm.config import load_python_file, override
+
+
+def config(depth: int = 2):
+    base = load_python_file(Path(__file__).with_name("speedrun.py"), "config", depth=depth)
+    cfg = override(base, [
+        "name=speedrun_smoke",
+        "data.max_documents=3000",
+        "tokenizer.vocab_size=512",
+        "pipeline.seq_len=64",
+        "pipeline.batch_size=8",
+        "train.steps=12",
+        "train.time_budget_s=0",
+        "train.eval_every=6",
+        "train.eval_batches=4",
+        "train.sample_every=6",
+        "train.checkpoint_every=6",
+        "train.log_every=3",
+        "sample.max_new_tokens=8",
+    ])
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=512, max_seq_len=64))

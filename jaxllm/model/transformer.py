@@ -1,0 +1,252 @@
+"""The Transformer (GPT-2 and Llama families) as Flax linen modules.
+
+Params are a plain pytree (see docs/model.md for the exact tree). Every parameter carries logical
+axis names (nn.with_logical_partitioning) and key activations are constrained with logical names,
+so jaxllm.parallel's rules table alone decides the sharding.
+
+    logits = Transformer(cfg).apply({"params": params}, inputs, positions, segment_ids)
+    logits, cache = Transformer(cfg).apply({"params": params}, inputs, cache=cache)   # KV-cache decoding
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxllm.model import layers
+from jaxllm.model.config import ModelConfig
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys/values for decoding; slot index = token position.
+
+    k, v: [layers, batch, max_len, kv_heads, head_dim]; lengths: int32 [batch], tokens filled per row.
+    """
+
+    k: Array
+    v: Array
+    lengths: Array
+
+
+def _dt(name: str):
+    return jnp.dtype(name)
+
+
+def _constrain(x: Array, names: tuple) -> Array:
+    return nn.with_logical_constraint(x, names)
+
+
+def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
+    return mod.param(name, nn.with_logical_partitioning(init, axes), shape, _dt(mod.cfg.param_dtype))
+
+
+class Proj(nn.Module):
+    """A linear map as one einsum; kernel [*in, *out] and optional bias [*out]."""
+
+    cfg: ModelConfig
+    equation: str  # e.g. "bld,dhk->blhk"
+    kernel_shape: tuple
+    kernel_axes: tuple
+    n_out: int  # how many trailing kernel dims are outputs (bias shape)
+    std: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dt = _dt(self.cfg.dtype)
+        kernel = _param(self, "kernel", nn.initializers.normal(self.std), self.kernel_shape, self.kernel_axes)
+        y = jnp.einsum(self.equation, x.astype(dt), kernel.astype(dt))
+        if self.cfg.use_bias:
+            out_shape, out_axes = self.kernel_shape[-self.n_out:], self.kernel_axes[-self.n_out:]
+            y = y + _param(self, "bias", nn.initializers.zeros, out_shape, out_axes).astype(dt)
+        return y
+
+
+class Norm(nn.Module):
+    """RMSNorm (llama) or LayerNorm with bias (gpt2); params "scale" [embed] (+ "bias")."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = _param(self, "scale", nn.initializers.ones, (d,), ("norm",))
+        if self.cfg.family == "gpt2":
+            bias = _param(self, "bias", nn.initializers.zeros, (d,), ("norm",))
+            return layers.layer_norm(x, scale, bias, self.cfg.norm_eps)
+        return layers.rms_norm(x, scale, self.cfg.norm_eps)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention; RoPE for llama; optional KV cache."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, kv_cache):
+        cfg = self.cfg
+        d, h, kvh, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+        std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+        q = Proj(cfg, "bld,dhk->blhk", (d, h, hd), ("embed", "heads", "head_dim"), 2, std, name="q")(x)
+        k = Proj(cfg, "bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="k")(x)
+        v = Proj(cfg, "bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="v")(x)
+        q = _constrain(q, ("batch", "length", "heads", "head_dim"))  # [batch, length, heads, head_dim]
+        k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+        v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+        if cfg.family == "llama":
+            q = layers.apply_rope(q, positions, cfg.rope_theta)
+            k = layers.apply_rope(k, positions, cfg.rope_theta)
+        if kv_cache is None:
+            out = layers.attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
+            new_cache = None
+        else:
+            # write the new keys/values at their positions, then attend over the whole cache;
+            # causality by position hides unwritten (future) slots.
+            k_cache, v_cache = kv_cache  # [batch, max_len, kv_heads, head_dim]
+            rows = jnp.arange(x.shape[0])[:, None]
+            k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype), mode="drop")
+            v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype), mode="drop")
+            slots = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (x.shape[0], k_cache.shape[1]))
+            out = layers.attention(
+                q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), q_positions=positions,
+                kv_positions=slots, impl=cfg.attention_impl,
+            )
+            new_cache = (k_cache, v_cache)
+        out = _constrain(out, ("batch", "length", "heads", "head_dim"))
+        y = Proj(cfg, "blhk,hkd->bld", (h, hd, d), ("heads", "head_dim", "embed"), 1, out_std, name="o")(out)
+        return y, new_cache
+
+
+class Mlp(nn.Module):
+    """SwiGLU (llama: gate, up, down) or GELU-tanh (gpt2: up, down) feed-forward."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        d, f = cfg.d_model, cfg.d_ff
+        std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
+        up = Proj(cfg, "bld,df->blf", (d, f), ("embed", "mlp"), 1, std, name="up")(x)
+        if cfg.family == "llama":
+            gate = Proj(cfg, "bld,df->blf", (d, f), ("embed", "mlp"), 1, std, name="gate")(x)
+            hidden = jax.nn.silu(gate) * up
+        else:
+            hidden = jax.nn.gelu(up, approximate=True)
+        hidden = _constrain(hidden, ("batch", "length", "mlp"))  # [batch, length, mlp]
+        return Proj(cfg, "blf,fd->bld", (f, d), ("mlp", "embed"), 1, out_std, name="down")(hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, kv_cache):
+        attn_out, new_cache = Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x), positions,
+                                                                segment_ids, kv_cache)
+        x = _constrain(x + attn_out, ("batch", "length", "embed"))
+        x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x))
+        x = _constrain(x, ("batch", "length", "embed"))  # [batch, length, embed]
+        return x, new_cache
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nn.Module):
+    """Decoder-only Transformer; returns float32 logits [batch, length, vocab]."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Array,
+        positions: Optional[Array] = None,
+        segment_ids: Optional[Array] = None,
+        cache: Optional[KVCache] = None,
+    ) -> Any:
+        """inputs int32 [batch, length]; positions default arange (or cache.lengths + arange);
+        segment_ids: tokens attend only within their segment (0 = padding). With `cache`, returns
+        (logits, new_cache) and segment_ids only count how many tokens per row are real."""
+        cfg = self.cfg
+        batch, length = inputs.shape
+        if positions is None:
+            start = cache.lengths[:, None] if cache is not None else 0
+            positions = start + jnp.arange(length, dtype=jnp.int32)[None, :]
+            positions = jnp.broadcast_to(positions, (batch, length))
+        dt = _dt(cfg.dtype)
+        embedding = _Table(cfg, cfg.vocab_size, ("vocab", "embed"), name="embed")()  # [vocab, embed]
+        # gather the fsdp-sharded embed dim of the table before the lookup (FSDP: weights whole at use)
+        x = jnp.take(_constrain(embedding, ("vocab", None)), inputs, axis=0).astype(dt)  # [batch, length, embed]
+        if cfg.family == "gpt2":
+            pos_table = _Table(cfg, cfg.max_seq_len, (None, "embed"), name="pos_embed")()  # [max_seq_len, embed]
+            x = x + jnp.take(_constrain(pos_table, (None, None)), positions, axis=0, mode="clip").astype(dt)
+        x = _constrain(x, ("batch", "length", "embed"))
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        attn_segments = segment_ids if cache is None else None
+        kv = None if cache is None else (cache.k, cache.v)
+        if cfg.scan_layers:
+            stack = nn.scan(
+                block, variable_axes={"params": 0}, split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, new_kv = stack(cfg, name="layers")(x, positions, attn_segments, kv)
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.n_layers):
+                layer_kv = None if kv is None else (kv[0][i], kv[1][i])
+                x, layer_new = block(cfg, name=f"layers_{i}")(x, positions, attn_segments, layer_kv)
+                if layer_new is not None:
+                    new_k.append(layer_new[0])
+                    new_v.append(layer_new[1])
+            new_kv = None if kv is None else (jnp.stack(new_k), jnp.stack(new_v))
+
+        x = Norm(cfg, name="final_norm")(x)
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
+        else:
+            logits = _LMHead(cfg, name="lm_head")(x)
+        logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if cache is None:
+            return logits
+        added = length if segment_ids is None else jnp.sum(segment_ids != 0, axis=-1).astype(jnp.int32)
+        return logits, KVCache(new_kv[0], new_kv[1], cache.lengths + added)
+
+
+class _Table(nn.Module):
+    """An embedding table {"embedding": [rows, embed]}."""
+
+    cfg: ModelConfig
+    rows: int
+    axes: tuple
+
+    @nn.compact
+    def __call__(self) -> Array:
+        return _param(self, "embedding", nn.initializers.normal(self.cfg.init_std),
+                      (self.rows, self.cfg.d_model), self.axes)
+
+
+class _LMHead(nn.Module):
+    """Untied output projection {"kernel": [embed, vocab]}; float32 logits."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        kernel = _param(self, "kernel", nn.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
+                        ("embed", "vocab"))
+        return jnp.einsum("bld,dv->blv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)

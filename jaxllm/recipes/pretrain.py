@@ -1,0 +1,196 @@
+"""The pretraining loop: sharded steps, validation bpb, live samples, async checkpoints, exact resume."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxllm.data.pipeline import PipelineConfig, make_eval_batches, make_pretrain_iterator
+from jaxllm.eval.bpb import evaluate_loss_and_bpb, token_byte_lengths
+
+from jaxllm.model import ModelConfig, Transformer
+from jaxllm.model.config import flops_per_token, param_count
+from jaxllm.parallel import LOGICAL_RULES, MeshConfig, make_mesh
+from jaxllm.train.checkpoint import Checkpointer, abstract_like
+from jaxllm.train.metrics import MetricsWriter, device_peak_flops, plot_curves, read_metrics
+from jaxllm.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from jaxllm.train.sharded import device_batch, init_sharded_state, jit_eval_step, jit_train_step
+from jaxllm.train.step import TrainConfig, lm_loss_fn, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything a loop needs for one model on one mesh: built once, reused by pretrain and SFT."""
+    model: Transformer
+    mesh: jax.sharding.Mesh
+    state: object
+    shardings: object
+    train_step: Callable
+    eval_step: Callable
+    schedule: Callable
+
+    @classmethod
+    def create(cls, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim: OptimConfig, train: TrainConfig,
+               seed: int, init_params=None, loss_fn_factory: Callable | None = None,
+               devices=None) -> "Trainer":
+        model = Transformer(model_cfg)
+        mesh = make_mesh(mesh_cfg, devices)
+        optimizer = make_optimizer(optim, train.steps)
+        dummy = jnp.zeros((1, min(8, model_cfg.max_seq_len)), jnp.int32)
+
+        def init_boxed(rng):
+            params = model.init(rng, dummy)["params"]
+            if init_params is not None:  # keep the boxes (for shardings) but start from given weights
+                params = jax.tree.map(lambda box, w: box.replace_boxed(jnp.asarray(w, box.unbox().dtype))
+                                      if isinstance(box, nn.LogicallyPartitioned) else jnp.asarray(w),
+                                      params, init_params,
+                                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+            return params
+
+        with nn.logical_axis_rules(LOGICAL_RULES):
+            state, shardings = init_sharded_state(init_boxed, optimizer, mesh, LOGICAL_RULES,
+                                                  jax.random.key(seed))
+        loss_fn = (loss_fn_factory or (lambda apply: lm_loss_fn(apply, train.z_loss)))(model.apply)
+        step = jit_train_step(make_train_step(loss_fn, optimizer, train.grad_accum), shardings, mesh)
+        eval_step = jit_eval_step(make_eval_step(loss_fn), shardings, mesh)
+        return cls(model, mesh, state, shardings, step, eval_step, learning_rate_schedule(optim, train.steps))
+
+    def step(self, batch: dict) -> dict:
+        with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+            self.state, metrics = self.train_step(self.state, device_batch(batch, self.mesh))
+        return metrics
+
+    def evaluate(self, batches, byte_lengths: np.ndarray) -> dict:
+        def run(batch):
+            with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+                return self.eval_step(self.state.params, device_batch(batch, self.mesh))
+        return evaluate_loss_and_bpb(run, batches, byte_lengths)
+
+
+def sample_texts(params, model_cfg: ModelConfig, tokenizer, prompts, max_new_tokens=40, temperature=0.8,
+                 top_k=50, top_p=1.0, seed=0) -> list[str]:
+    from jaxllm.infer.sampling import generate
+
+    if not prompts:
+        return []
+    prompt_ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+    out = generate(params, model_cfg, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                   top_k=top_k, top_p=top_p, seed=seed, stop_ids=(tokenizer.bos_id,))
+    return [p + tokenizer.decode([t for t in o if t != tokenizer.bos_id]) for p, o in zip(prompts, out)]
+
+
+def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim: OptimConfig,
+             train: TrainConfig, pipeline: PipelineConfig, train_shards: str, val_shards: str, tokenizer,
+             sample_cfg=None, seed: int = 0) -> dict:
+    """Train from scratch (or resume from `out_dir/checkpoints`) and return final metrics."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer.create(model_cfg, mesh_cfg, optim, train, seed)
+    data_iter = make_pretrain_iterator(train_shards, pipeline, jax.process_index(), jax.process_count())
+    ckpt = Checkpointer(out_dir / "checkpoints", keep=train.keep_checkpoints, async_save=train.async_checkpointing)
+    restored = ckpt.restore(abstract_like(trainer.state, trainer.shardings), data_iter)
+    step, elapsed = 0, 0.0
+    if restored is not None:
+        step, trainer.state, meta = restored
+        elapsed = float(meta.get("train_seconds", 0.0))
+        print(f"[jaxllm] resumed from checkpoint at step {step}")
+    metrics = MetricsWriter(out_dir, resume_step=step)
+    byte_lengths = token_byte_lengths(tokenizer)
+    eval_batches = list(make_eval_batches(val_shards, pipeline, train.eval_batches))
+    flops_tok = flops_per_token(model_cfg, pipeline.seq_len)
+    peak = device_peak_flops()
+    tokens_per_step = pipeline.batch_size * pipeline.seq_len * jax.process_count()
+
+    def validate(step):
+        ev = trainer.evaluate(eval_batches, byte_lengths)
+        metrics.write(step, val_loss=ev["loss"], val_bpb=ev["bpb"])
+        return ev
+
+    def samples(step):
+        if sample_cfg is None:
+            return []
+        texts = sample_texts(trainer.state.params, model_cfg, tokenizer, sample_cfg.prompts, sample_cfg.max_new_tokens,
+                             sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p, seed=sample_cfg.seed + step)
+        metrics.write(step, samples=texts)
+        for t in texts:
+            tqdm.write(f"  step {step} sample: {t!r}")
+        return texts
+
+    try:
+        if step == 0 and train.sample_every:
+            samples(0)
+        pending: list[tuple[int, dict]] = []
+        bar = tqdm(total=train.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+        t_last, step_last = time.perf_counter(), step
+        stopped_by_budget = False
+        while step < train.steps:
+            if train.time_budget_s and elapsed >= train.time_budget_s:
+                stopped_by_budget = True
+                break
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            m = trainer.step(batch)
+            step += 1
+            pending.append((step, m))
+            last = step == train.steps
+            if step % train.log_every == 0 or last:
+                host = jax.device_get([mm for _, mm in pending])
+                now = time.perf_counter()
+                rate = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
+                for (s, _), hm in zip(pending, host):
+                    metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]),
+                                  lr=float(trainer.schedule(s - 1)), tokens_per_s=rate,
+                                  mfu=rate * flops_tok / peak)
+                loss = float(host[-1]["loss"])
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{rate * flops_tok / peak:.1%}")
+                pending = []
+            jax.block_until_ready(trainer.state.step) if last else None
+            elapsed += time.perf_counter() - t0
+            bar.update(1)
+            if train.eval_every and (step % train.eval_every == 0 or last):
+                ev = validate(step)
+                tqdm.write(f"  step {step}: val loss {ev['loss']:.4f}, val bpb {ev['bpb']:.4f}")
+            if train.sample_every and step % train.sample_every == 0:
+                samples(step)
+            if train.checkpoint_every and (step % train.checkpoint_every == 0 or last):
+                ckpt.save(step, trainer.state, data_iter, {"train_seconds": elapsed, "step": step})
+        bar.close()
+        if pending:  # stopped by the time budget between log points
+            for (s, _), hm in zip(pending, jax.device_get([mm for _, mm in pending])):
+                metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]), lr=float(trainer.schedule(s - 1)))
+        if stopped_by_budget or step % max(train.checkpoint_every, 1):
+            ckpt.save(step, trainer.state, data_iter, {"train_seconds": elapsed, "step": step}, force=True)
+        final = validate(step)
+        final_samples = samples(step)
+        records = read_metrics(out_dir / "metrics.jsonl")
+        if jax.process_index() == 0:
+            plot_curves(records, ["loss", "val_loss"], out_dir / "loss.png", title="pretraining loss (nats/token)")
+            plot_curves(records, ["val_bpb"], out_dir / "val_bpb.png", title="validation bits per byte")
+        n_params = param_count(model_cfg)
+        return {"steps": step, "train_seconds": round(elapsed, 1), "val_loss": final["loss"], "val_bpb": final["bpb"],
+                "params": n_params, "samples": final_samples, "stopped_by_time_budget": stopped_by_budget}
+    finally:
+        ckpt.close()  # never exit with an async save in flight
+        metrics.close()
+
+
+def load_params(out_dir: Path, model_cfg: ModelConfig, optim: OptimConfig, mesh_cfg: MeshConfig | None = None):
+    """Latest parameters of a run's checkpoints (for sampling/eval); `optim` must match the run's."""
+    trainer = Trainer.create(model_cfg, mesh_cfg or MeshConfig(), optim, TrainConfig(steps=1), seed=0)
+    ckpt = Checkpointer(Path(out_dir) / "checkpoints", async_save=False)
+    restored = ckpt.restore(abstract_like(trainer.state, trainer.shardings))
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint under {out_dir}/checkpoints")
+    return restored[1].params

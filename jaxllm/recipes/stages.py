@@ -1,0 +1,110 @@
+"""The pretraining stages of an experiment: data → tokenizer → shards → pretrain → evaluate.
+
+Each stage takes the RunContext, writes under its own folder of the run directory, and returns a
+small JSON-able dict (recorded in stages.json and used by the report). Stages are idempotent:
+re-running one after a crash resumes or redoes it without corrupting what is there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from jaxllm.data import sources
+from jaxllm.data.pipeline import make_eval_batches
+from jaxllm.data.shards import ShardSource, read_manifest, write_shards
+from jaxllm.eval.bpb import token_byte_lengths, unigram_bpb
+from jaxllm.recipes.experiment import RunContext
+from jaxllm.recipes.pretrain import load_params, pretrain, sample_texts
+from jaxllm.tokenizer import Tokenizer, train_tokenizer
+
+
+def _documents(ctx: RunContext, split: str):
+    return sources.documents(ctx.cfg.data, split)
+
+
+def data_stage(ctx: RunContext) -> dict:
+    """Fetch every source of the mixture into the cache and count documents and bytes per split."""
+    stats: dict = {}
+    for name in ctx.cfg.data.sources:
+        source = sources.get_source(name)
+        source.fetch()
+    for split in ("train", "validation"):
+        n_docs = n_bytes = 0
+        for doc in _documents(ctx, split):
+            n_docs += 1
+            n_bytes += len(doc["text"].encode("utf-8"))
+        stats[split] = {"documents": n_docs, "bytes": n_bytes}
+    return {"sources": list(ctx.cfg.data.sources), **stats}
+
+
+def tokenizer_stage(ctx: RunContext) -> dict:
+    """Train the BPE tokenizer on the training split and measure tokens per byte on validation."""
+    out = ctx.stage_dir("tokenizer")
+    if (out / "tokenizer.json").exists() or any(out.glob("*.tiktoken")):
+        try:
+            tok = Tokenizer.load(out)
+        except Exception:
+            tok = None
+    else:
+        tok = None
+    if tok is None:
+        tok = train_tokenizer((d["text"] for d in _documents(ctx, "train")), ctx.cfg.tokenizer)
+        tok.save(out)
+    val_texts = [d["text"] for d in itertools.islice(_documents(ctx, "validation"), 2000)]
+    n_tokens = sum(len(ids) for ids in tok.encode_batch(val_texts))
+    n_bytes = sum(len(t.encode("utf-8")) for t in val_texts)
+    merges = [(a.decode("utf-8", "replace"), b.decode("utf-8", "replace")) for a, b in tok.first_merges(10)]
+    return {"dir": str(out), "vocab_size": tok.n_vocab, "val_tokens_per_byte": n_tokens / max(n_bytes, 1),
+            "first_merges": merges}
+
+
+def shards_stage(ctx: RunContext) -> dict:
+    tok_dir = ctx.results["tokenizer"]["dir"]
+    out = {}
+    for split, num_shards in (("train", 8), ("validation", 1)):
+        shard_dir = ctx.stage_dir("shards") / split
+        manifest = write_shards(_documents(ctx, split), tok_dir, str(shard_dir), num_shards=num_shards, num_workers=2)
+        out[split] = {"dir": str(shard_dir), "documents": manifest["documents"], "tokens": manifest["tokens"],
+                      "bytes": manifest["bytes"]}
+    return out
+
+
+def pretrain_stage(ctx: RunContext) -> dict:
+    cfg = ctx.cfg
+    tok = Tokenizer.load(ctx.results["tokenizer"]["dir"])
+    model_cfg = _model_for(cfg.model, tok)
+    shards = ctx.results["shards"]
+    result = pretrain(ctx.stage_dir("pretrain"), model_cfg, cfg.mesh, cfg.optim, cfg.train, cfg.pipeline,
+                      shards["train"]["dir"], shards["validation"]["dir"], tok, cfg.sample, seed=cfg.seed)
+    return result
+
+
+def _model_for(model_cfg, tok):
+    """The model config with its vocabulary fitted to the trained tokenizer."""
+    if model_cfg.vocab_size != tok.n_vocab:
+        model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.n_vocab)
+    return model_cfg
+
+
+def evaluate_stage(ctx: RunContext) -> dict:
+    """Validation bpb against a token-unigram baseline, and several samples from one prefix."""
+    cfg = ctx.cfg
+    tok = Tokenizer.load(ctx.results["tokenizer"]["dir"])
+    shards = ctx.results["shards"]
+    counts = np.zeros(tok.n_vocab, np.float64)
+    train_src = ShardSource(shards["train"]["dir"])
+    for i in range(len(train_src)):
+        np.add.at(counts, train_src[i][1:].astype(np.int64), 1)  # skip BOS: it is never a target
+    byte_lengths = token_byte_lengths(tok)
+    batches = list(make_eval_batches(shards["validation"]["dir"], cfg.pipeline, cfg.train.eval_batches))
+    baseline = unigram_bpb(counts, batches, byte_lengths)
+    model_cfg = _model_for(cfg.model, tok)
+    params = load_params(ctx.run_dir / "pretrain", model_cfg, cfg.optim, cfg.mesh)
+    prefix = cfg.sample.prompts[0] if cfg.sample.prompts else "The"
+    resamples = sample_texts(params, model_cfg, tok, [prefix] * 4, cfg.sample.max_new_tokens,
+                             cfg.sample.temperature, cfg.sample.top_k, cfg.sample.top_p, seed=cfg.sample.seed + 1)
+    return {"val_bpb": ctx.results["pretrain"]["val_bpb"], "unigram_bpb": baseline,
+            "eval_tokens": float(sum(b["loss_mask"].sum() for b in batches)), "resamples": resamples}
