@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxllm.data import pipeline as P
 from jaxllm.data.shards import read_manifest, write_shards
+from jaxllm.fetch import cache_dir
 
 
 def cpu_busy() -> tuple[int, int]:
@@ -76,8 +77,7 @@ def measure(shard_dir: Path, cfg: P.PipelineConfig, batches: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shards", help="an existing shard directory (default: build from the default corpus)")
-    ap.add_argument("--work", default=os.path.join(os.environ.get("JAXLLM_CACHE", os.path.expanduser("~/.cache/jaxllm")),
-                                                   "bench-pipeline"))
+    ap.add_argument("--work", default=str(cache_dir() / "bench-pipeline"), help="where to build tokenizer + shards")
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--max-docs", type=int, default=0, help="cap the corpus (0 = all)")
     ap.add_argument("--seq-len", type=int, default=256)
@@ -92,8 +92,8 @@ def main() -> None:
     m = read_manifest(shard_dir)
     print(f"shards: {shard_dir} — {m['documents']:,} docs, {m['tokens']:,} tokens, "
           f"{m['bytes'] / m['tokens']:.2f} bytes/token, {os.cpu_count()} CPUs")
-    print(f"{'packing':8} {'workers':>7} {'prefetch':>8} {'row tok/s':>12} {'real tok/s':>12} {'padding':>8} "
-          f"{'startup':>8} {'cpu load':>8}")
+    print(f"{'packing':8} {'workers':>7} {'prefetch':>8} {'row tok/s':>12} {'real tok/s':>12} {'vs first':>8} "
+          f"{'padding':>8} {'startup':>8} {'machine busy':>12}")
     results = {}
     for packing in ("concat", "bestfit"):
         for workers in args.workers:
@@ -102,8 +102,11 @@ def main() -> None:
                                        num_workers=workers, prefetch=prefetch)
                 r = measure(shard_dir, cfg, args.batches)
                 results[(packing, workers, prefetch)] = r
+                ratio = r["real_tokens_s"] / next(iter(results.values()))["real_tokens_s"]
                 print(f"{packing:8} {workers:7d} {prefetch:8d} {r['tokens_s']:12,.0f} {r['real_tokens_s']:12,.0f} "
-                      f"{r['padding']:8.1%} {r['startup_s']:7.2f}s {r['cpu_load']:8.0%}")
+                      f"{ratio:7.2f}x {r['padding']:8.1%} {r['startup_s']:7.2f}s {r['cpu_load']:12.0%}")
+    print("real tok/s counts target tokens (not padding); machine busy = all CPUs' busy share during the "
+          "sample (~1/cores is this process alone; near 100% means other load skewed the numbers)")
     best = max(results.values(), key=lambda r: r["real_tokens_s"])
     if args.train_tokens_per_s:
         print(f"headroom: best pipeline {best['real_tokens_s']:,.0f} real tokens/s = "

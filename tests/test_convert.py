@@ -130,3 +130,94 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(KeyError, match="model.layers.2"):
         convert.load_hf_checkpoint(tmp_path)
+
+
+# --- tokenizer + hub download (real HTTP against a local server) ---------------------------------
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _tiny_tokenizer():
+    from jaxllm.tokenizer.hf_bpe import HFBPETokenizer, spell
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
+    tokens = specials + [spell(bytes([b])) for b in range(256)] + [a + b for a, b in merges]
+    return HFBPETokenizer(tokens, merges, {t: i for i, t in enumerate(specials)}, bos="<|im_start|>", eos="<|im_end|>",
+                          name="tiny")
+
+
+def test_export_with_tokenizer_loads_in_autotokenizer(tmp_path):
+    tok = _tiny_tokenizer()
+    text = "in the thin <|im_end|> then"
+    assert tok.encode(text) != tok.encode(text, allowed_special="all")
+    cfg = ModelConfig(family="llama", vocab_size=tok.n_vocab, max_seq_len=32, d_model=32, n_layers=1, n_heads=2,
+                      n_kv_heads=2, d_ff=64)
+    convert.save_hf_checkpoint(tmp_path, cfg, _random_params(cfg), tokenizer=tok, chat_template=CHATML)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text, allowed_special="all")
+    assert (hf_tok.bos_token, hf_tok.eos_token) == ("<|im_start|>", "<|im_end|>")
+    chat = [{"role": "user", "content": "hi"}]
+    from jaxllm.model.hub import load_pretrained
+    model = load_pretrained(tmp_path)
+    assert model.chat.render(chat) == hf_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert model.stop_ids == (2,) and model.tokenizer.encode(text) == tok.encode(text)
+
+
+@pytest.fixture
+def hub_server(tmp_path):
+    """A local HTTP server over tmp_path/www, laid out like the hub ({repo}/resolve/{revision}/{file})."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_hub_download_sharded_checkpoint(tmp_path, hub_server, monkeypatch):
+    from jaxllm.fetch import FetchError
+    from jaxllm.model.hub import load_pretrained
+
+    root, endpoint = hub_server
+    monkeypatch.setenv("JAXLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    tok = _tiny_tokenizer()
+    cfg = ModelConfig(family="gpt2", vocab_size=tok.n_vocab, max_seq_len=32, d_model=32, n_layers=2, n_heads=2,
+                      n_kv_heads=2, d_ff=64, tie_embeddings=True, use_bias=True)
+    params = _random_params(cfg, seed=5)
+    repo = root / "someone" / "tiny-gpt2" / "resolve" / "main"
+    convert.save_hf_checkpoint(repo, cfg, params, tokenizer=tok, chat_template=CHATML)
+    # re-shard into two files with an index, as large hub checkpoints are
+    state = convert.read_safetensors(repo / "model.safetensors")
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for fname, keys in shards.items():
+        convert.write_safetensors(repo / fname, {k: np.array(state[k]) for k in keys})
+    del state
+    (repo / "model.safetensors").unlink()
+    (repo / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+
+    model = load_pretrained("hf:someone/tiny-gpt2", progress=False)
+    assert model.cfg == cfg and model.chat.render([{"role": "user", "content": "x"}]).startswith("<|im_start|>user")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert model.tokenizer.encode("in the thin") == tok.encode("in the thin")
+    # a second load is served from the cache, with the server gone
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    again = load_pretrained("hf:someone/tiny-gpt2", progress=False)
+    assert again.cfg == cfg
+    with pytest.raises(FetchError, match="someone/missing"):
+        load_pretrained("hf:someone/missing", progress=False)

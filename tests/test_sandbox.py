@@ -120,6 +120,16 @@ def test_sleep_hits_wall_limit(cfg):
     _still_works(cfg)
 
 
+def test_background_process_dies_with_the_run(cfg):
+    """A daemonised child holding stdout open must not keep the caller waiting."""
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n"
+            "else:\n    print('parent done')")
+    r = run_python(code, cfg)
+    assert r.ok and r.stdout == "parent done\n", r
+    assert r.wall_time < cfg.wall_seconds - 1, r.wall_time
+
+
 def test_memory_bomb(cfg):
     r = run_python("x = []\nwhile True:\n    x.append(bytearray(32 << 20))", cfg)
     assert not r.ok and r.error == "memory limit exceeded (256 MB)", r
@@ -195,6 +205,11 @@ print('PIDS', len([d for d in os.listdir('/proc') if d.isdigit()]))
 print('LEAK', any(b'{token}' in x for x in leak))
 print('ENV', sorted(os.environ))
 print('HOME', sorted(os.listdir('{home}')) if os.path.isdir('{home}') else None)
+for p in ('/proc/1/root', '/proc/self/root'):  # the init's root is the sandbox's, or hidden
+    try:
+        print('ROOTDIR', sorted(os.listdir(p)))
+    except OSError:
+        pass
 """
     r = run_python(code, cfg)
     assert r.ok, r
@@ -204,10 +219,16 @@ print('HOME', sorted(os.listdir('{home}')) if os.path.isdir('{home}') else None)
     assert "LEAK False" in lines and token not in r.stdout
     pids = int(next(ln for ln in lines if ln.startswith("PIDS")).split()[1])
     assert pids <= 3, f"sandbox sees {pids} processes: host /proc is visible"
-    assert "ENV ['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONHASHSEED', 'TMPDIR']" in lines
+    assert ("ENV ['HOME', 'LANG', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'PATH', 'PWD', "
+            "'PYTHONHASHSEED', 'TMPDIR']") in lines
     home_line = next(ln for ln in lines if ln.startswith("HOME"))
     if home_line != "HOME None":  # only the bound interpreter prefix may show under home
-        assert eval(home_line[5:]) == sorted({Path(sys.base_prefix).relative_to(home).parts[0]}), home_line
+        prefix = Path(os.path.realpath(cfg.python or sys.base_prefix))
+        assert home in prefix.parents, home_line
+        assert eval(home_line[5:]) == [prefix.relative_to(home).parts[0]], home_line
+    for ln in lines:
+        if ln.startswith("ROOTDIR"):
+            assert not {"work", "home", "var", "run", "sys", "mnt"} & set(eval(ln[8:])), ln
     host_init = Path("/proc/1/cmdline").read_bytes()
     r = run_python("import sys; sys.stdout.buffer.write(open('/proc/1/cmdline', 'rb').read())", cfg)
     assert host_init[:40].decode(errors="replace") not in r.stdout or not host_init
@@ -306,14 +327,15 @@ class RLimit(ctypes.Structure):
 big = RLimit(10**6, 10**6)
 print('setrlimit', libc.setrlimit(resource.RLIMIT_CPU, ctypes.byref(big)), ctypes.get_errno())
 print('nproc', libc.setrlimit(resource.RLIMIT_NPROC, ctypes.byref(big)))
-print('unshare', libc.unshare(0x10000000 | 0x40000000))
+print('unshare', libc.unshare(0x10000000 | 0x40000000), ctypes.get_errno())  # NEWUSER|NEWNET
 print('setuid0', libc.setuid(0))
 print(resource.getrlimit(resource.RLIMIT_CPU))
 while True:
     pass
 """
     r = run_python(code, replace(cfg, wall_seconds=15))
-    assert r.stdout.splitlines()[:5] == ["setrlimit -1 1", "nproc -1", "unshare -1", "setuid0 -1", "(1, 2)"], r
+    assert r.stdout.splitlines()[:5] == ["setrlimit -1 1", "nproc -1", "unshare -1 1",
+                                         "setuid0 -1", "(1, 2)"], r
     assert not r.ok and r.error == "time limit exceeded (1 s CPU)", r
     _still_works(cfg)
 

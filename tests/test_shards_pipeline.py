@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
-import pickle
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxllm.data import pipeline as P
-from jaxllm.tokenizer import Tokenizer
 from jaxllm.data.shards import ShardSource, read_manifest, shard_of, token_dtype, write_shards
+from jaxllm.tokenizer import Tokenizer
 
 
 def byte_tokenizer() -> Tokenizer:
@@ -97,13 +99,63 @@ def test_crash_halfway_then_rerun_is_identical(tmp_path, tok_dir, shards):
     m2 = write_shards(docs, tok_dir, str(run), num_shards=4, num_workers=1)
     assert {p.name: p.stat().st_mtime_ns for p in run.glob("tokens-*.array_record") if p.name in mtimes} == mtimes
     files = _files(run)
-    assert {k: v for k, v in files.items() if k != "manifest.json"} == {k: v for k, v in ref.items() if k != "manifest.json"}
-    assert {k: v for k, v in m2.items() if k != "tokenizer_dir"} == {k: v for k, v in manifest.items() if k != "tokenizer_dir"}
+    assert files == ref and m2 == manifest
     assert not list(run.glob("*.tmp")) and not (run / ".spool").exists()
 
     m3 = write_shards(docs + [docs[3]], tok_dir, str(run), num_shards=4, num_workers=1)
     assert m3["duplicates_skipped"] == 1 and m3["documents"] == manifest["documents"]  # a repeated id is written once
     assert all(_files(run)[k] == v for k, v in ref.items() if k.endswith(".array_record"))
+
+    edited = [dict(d, text=d["text"] + " edited") if d["id"] == "doc-0005" else d for d in docs + [docs[3]]]
+    before = {p.name: p.stat().st_mtime_ns for p in run.glob("tokens-*.array_record")}
+    m4 = write_shards(edited, tok_dir, str(run), num_shards=4, num_workers=1)
+    changed = {p.name for p in run.glob("tokens-*.array_record") if p.stat().st_mtime_ns != before[p.name]}
+    assert changed == {f"tokens-{shard_of('doc-0005', 4):05d}-of-00004.array_record"}  # only its input changed
+    assert m4["bytes"] == manifest["bytes"] + len(" edited")
+
+
+class SlowTokenizer(Tokenizer):
+    """Same tokens as Tokenizer, slow enough for a writer to be killed mid-run."""
+
+    def encode(self, text, allowed_special="none"):
+        time.sleep(0.03)
+        return super().encode(text, allowed_special)
+
+
+def load_slow(directory) -> Tokenizer:
+    tok = Tokenizer.load(directory)
+    tok.__class__ = SlowTokenizer
+    return tok
+
+
+KILLED_WRITER = """
+import os, sys
+sys.path.insert(0, sys.argv[3])
+os.environ["PYTHONPATH"] = sys.argv[3]  # shard workers import load_slow from the test module
+from jaxllm.data.shards import write_shards
+from test_shards_pipeline import load_slow, make_docs
+
+write_shards(make_docs(), sys.argv[1], sys.argv[2], num_shards=4, num_workers=2, load_tokenizer=load_slow)
+"""
+
+
+@pytest.mark.slow
+def test_killed_writer_processes_then_rerun_is_identical(tmp_path, tok_dir, shards):
+    out, docs, manifest = shards
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, tok_dir, str(run), str(Path(__file__).parent)],
+                            start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(run.glob("tokens-*.array_record")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the main process and its worker processes, mid-run
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in run.glob("tokens-*.array_record")}
+    assert 1 <= len(done) < 4 and not (run / "manifest.json").exists()
+    m = write_shards(docs, tok_dir, str(run), num_shards=4, num_workers=1)
+    kept = {p.name: p.stat().st_mtime_ns for p in run.glob("tokens-*.array_record") if p.name in done}
+    assert kept == done  # shards finished before the kill were not rewritten
+    assert _files(run) == _files(out) and m == manifest
 
 
 def _hand_shards(tmp_path, tok_dir, texts):
@@ -172,30 +224,28 @@ def test_shuffle_is_seeded_and_changes_per_epoch(shards):
 
 
 RESUME = """
-import pickle, sys, numpy as np
+import json, sys, numpy as np
 from jaxllm.data import pipeline as P
-cfg = P.PipelineConfig(**pickle.loads(bytes.fromhex(sys.argv[2])))
+cfg = P.PipelineConfig(**json.loads(sys.argv[2]))
 it = P.make_pretrain_iterator(sys.argv[1], cfg, num_epochs=None)
-it.set_state(pickle.loads(bytes.fromhex(sys.argv[3])))
+it.set_state(json.loads(sys.argv[3]))
 out = [next(it) for _ in range(4)]
 np.savez(sys.argv[4], **{f"{i}_{k}": v for i, b in enumerate(out) for k, v in b.items()})
 """
 
 
-@pytest.mark.parametrize("packing", ["concat", "bestfit"])
-def test_resume_in_new_process(shards, tmp_path, packing):
+@pytest.mark.parametrize("packing,prefetch", [("concat", 2), ("bestfit", 0)])
+def test_resume_in_new_process(shards, tmp_path, packing, prefetch):
     out, _, _ = shards
-    cfg = P.PipelineConfig(seq_len=24, batch_size=3, packing=packing, seed=5)
+    cfg = P.PipelineConfig(seq_len=24, batch_size=3, packing=packing, seed=5, prefetch=prefetch)
     it = P.make_pretrain_iterator(out, cfg)
-    for _ in range(23):  # past the first epoch (~7 batches)
+    for _ in range(23):  # past the first epoch (~7 batches); the state goes through JSON like a checkpoint
         next(it)
     state = it.get_state()
-    json.dumps(state)  # states must serialize for checkpoints
     expected = [next(it) for _ in range(4)]
     result = tmp_path / "next.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-c", textwrap.dedent(RESUME), out, pickle.dumps(cfg.__dict__).hex(),
-                    pickle.dumps(state).hex(), str(result)], check=True, env=env, timeout=120)
+    subprocess.run([sys.executable, "-c", textwrap.dedent(RESUME), out, json.dumps(dataclasses.asdict(cfg)),
+                    json.dumps(state), str(result)], check=True, timeout=120)
     got = np.load(result)
     for i, batch in enumerate(expected):
         for k, v in batch.items():
@@ -217,9 +267,30 @@ def test_eval_batches_count_every_token_once(shards):
     assert P.bytes_per_token(out) == manifest["bytes"] / manifest["tokens"]
 
 
-def test_missing_manifest_is_a_clear_error(tmp_path):
+def test_bits_per_byte_counts_are_exact_with_merged_tokens(tmp_path):
+    merges = [b"th", b"the", b" c", b" ca", b"\xc3\xa9", b"\xf0\x9f", b"\xf0\x9f\x99", b"\xf0\x9f\x99\x82"]
+    ranks = {bytes([i]): i for i in range(256)} | {m: 256 + k for k, m in enumerate(merges)}
+    tok = Tokenizer(ranks, {"<|bos|>": 256 + len(merges)})
+    tok.save(tmp_path / "tok")
+    docs = make_docs(40, seed=1)
+    m = write_shards(docs, str(tmp_path / "tok"), str(tmp_path / "s"), num_shards=2, num_workers=1)
+    assert m["tokens"] == sum(len(tok.encode(d["text"])) for d in docs) < m["bytes"]  # merges happened
+    table = P.token_byte_lengths(tok)
+    assert table[256 + 2] == 2 and table[256 + 7] == 4 and table[tok.bos_id] == 0
+    batches = list(P.make_eval_batches(str(tmp_path / "s"), P.PipelineConfig(seq_len=16, batch_size=2)))
+    assert sum(P.target_bytes(b, table) for b in batches) == m["bytes"]
+    assert sum(P.target_bytes(b, table) for b in batches[:3]) == sum(
+        len(tok.decode_bytes(b["targets"][b["loss_mask"] > 0])) for b in batches[:3])
+
+
+def test_bad_input_is_a_clear_error(tmp_path, tok_dir):
     with pytest.raises(FileNotFoundError, match="manifest.json not found"):
         ShardSource(tmp_path)
+    bad = [{"id": "ok", "text": "fine"}, {"id": 2, "text": "x"}]
+    with pytest.raises(ValueError, match=r"document #1 needs str fields 'id' and 'text' \(got \{'id': 'int'"):
+        write_shards(bad, tok_dir, str(tmp_path / "s"), num_workers=1)
+    with pytest.raises(ValueError, match="PipelineConfig.seq_len must be >= 1"):
+        P.PipelineConfig(seq_len=0)
 
 
 @pytest.mark.slow
@@ -236,7 +307,7 @@ def test_worker_processes_resume_and_cover(shards):
         it.close()
     it = P.make_pretrain_iterator(out, cfg)
     try:
-        it.set_state(state)
+        it.set_state(json.loads(json.dumps(state)))
         assert all((np.array(next(it)["inputs"]) == e).all() for e in expected)
     finally:
         it.close()

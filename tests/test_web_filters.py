@@ -203,3 +203,14 @@ def test_warc_bad_records_are_counted_not_fatal(tmp_path):
     assert [e for d, e in read_warc(path, max_bytes=5)] == ["too_large"] * 4
     (tmp_path / "empty.warc.gz").write_bytes(b"")
     assert list(read_warc(tmp_path / "empty.warc.gz")) == []
+
+
+def test_html_folder_input(tmp_path):
+    from jaxllm.data.web.warc import read_html_dir
+    (tmp_path / "docs" / "sub").mkdir(parents=True)
+    (tmp_path / "docs" / "index.html").write_text(f"<p>{PROSE}</p>")
+    (tmp_path / "docs" / "sub" / "b.htm").write_text("<p>b</p>")
+    (tmp_path / "docs" / "notes.txt").write_text("not html")
+    docs = [d for d, e in read_html_dir(tmp_path / "docs", "https://example.org/manual/")]
+    assert [d["url"] for d in docs] == ["https://example.org/manual/index.html", "https://example.org/manual/sub/b.htm"]
+    assert stages.decode(docs[0], ReadConfig())[0]["html"].startswith("<p>The library")

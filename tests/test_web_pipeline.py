@@ -133,6 +133,32 @@ def test_resume_after_crash_does_not_duplicate(warcs, reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_after_kill(warcs, reference, tmp_path):
+    """SIGKILL a real run as soon as its first shard is filtered; the rerun gives the same bytes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    out, _ = reference
+    run_dir = tmp_path / "killed"
+    code = ("import sys, dataclasses; from jaxllm.data.web import WebConfig, run_pipeline; "
+            "cfg = WebConfig(output=dataclasses.replace(WebConfig().output, samples_per_filter=10000)); "
+            "run_pipeline(cfg, sys.argv[2:], sys.argv[1], num_workers=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), *map(str, warcs[0])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run_dir / "_work" / "shard-00000.filter.json"
+    deadline = time.time() + 60
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (run_dir / "_SUCCESS").exists()  # killed mid-run
+    stats = run_pipeline(CFG, warcs[0], run_dir, num_workers=1)
+    assert output_bytes(run_dir) == output_bytes(out)
+    assert stats["docs_out"] == len(output_docs(run_dir)) == reference[1]["docs_out"]
+
+
+@pytest.mark.slow
 def test_ray_engine_two_workers_same_output(warcs, reference, tmp_path):
     pytest.importorskip("ray")
     out, stats = reference
@@ -142,3 +168,30 @@ def test_ray_engine_two_workers_same_output(warcs, reference, tmp_path):
     assert output_bytes(tmp_path / "ray") == output_bytes(out)
     assert stats_ray["stages"] == stats["stages"]
     assert stats_ray["engine"] == "ray"
+
+
+def test_a_crashing_stage_is_counted_not_fatal(warcs, tmp_path, monkeypatch):
+    from jaxllm.data.web import stages
+    real = stages.extract
+
+    def flaky(doc, cfg):
+        if "contact" in doc["url"]:
+            raise RuntimeError("parser bug")
+        return real(doc, cfg)
+
+    monkeypatch.setattr(stages, "extract", flaky)
+    stats = json.loads(Path(filter_shard(0, str(warcs[0][0]), CFG, str(tmp_path))).read_text())
+    assert stats["removed"]["extract"]["error_RuntimeError"] == 1
+    assert stats["samples"]["extract"][0]["url"] == "https://library.example.org/contact.html"
+
+
+def test_cli_run_and_stats(warcs, tmp_path, capsys):
+    from jaxllm.cli import main
+    out = tmp_path / "cli"
+    assert main(["web", "run", "--out", str(out), "--workers", "1", "--set", "quality.c4=false",
+                 str(warcs[0][0])]) == 0
+    printed = capsys.readouterr().out
+    assert "| url_filter |" in printed and "| c4 |" not in printed
+    assert main(["web", "stats", str(out)]) == 0
+    assert main(["web", "run", "--out", str(out), "--set", "quality.nope=1", str(warcs[0][0])]) == 2
+    assert main(["web", "stats", str(tmp_path / "missing")]) == 2

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from jaxllm.config import ConfigError
+    from jaxllm.data.sources import DataError
+    from jaxllm.fetch import FetchError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"jaxllm: config error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, FetchError) as e:
+        print(f"jaxllm: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("jaxllm: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ import atexit
 import dataclasses
 import functools
 import gc
+import sys
 import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
@@ -31,7 +32,18 @@ class PipelineConfig:
     seed: int = 0  # document shuffle (a new order each epoch) and best-fit bin shuffle
     packing: Literal["concat", "bestfit"] = "concat"
     num_workers: int = 0  # grain worker processes (0: in the calling process)
-    prefetch: int = 2  # batches read ahead: by a background thread (0 workers) or per worker
+    # batches read ahead by a background thread (0 workers) or per worker process. 0 by default:
+    # JAX's async dispatch already overlaps next(it) with the running step, and on a 2-core CPU a
+    # prefetch thread only competes with the step for the GIL and cores (benchmarks/pipeline_bench.py)
+    prefetch: int = 0
+
+    def __post_init__(self):
+        for name in ("seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PipelineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or self.prefetch < 0:
+            raise ValueError(f"PipelineConfig.num_workers and .prefetch must be >= 0, "
+                             f"got {self.num_workers} and {self.prefetch}")
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # prefetching iterators, closed before interpreter teardown
@@ -39,12 +51,15 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()  # prefetching iterators, closed befo
 
 @atexit.register
 def _close_live() -> None:
-    """Close live prefetching iterators while grain's modules still exist (grain 0.2.18 otherwise
-    prints TypeErrors from `__del__` → `close()` during interpreter teardown)."""
-    gc.collect()  # finalize unreachable iterators now
+    """Close live prefetching iterators while grain's modules still exist; then turn off grain's
+    `DatasetIterator.__del__`, which (grain 0.2.18) prints TypeErrors during interpreter teardown."""
+    grain = sys.modules.get("grain")
+    if grain is None:  # this process never built a pipeline
+        return
+    gc.collect()
     for it in list(_LIVE):
         it.close()
-        it.close = lambda: None  # the later __del__ must not run grain's close again
+    grain.DatasetIterator.__del__ = lambda self: None
 
 
 def _has_pairs(doc: np.ndarray) -> bool:
@@ -86,6 +101,11 @@ def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
     if n == batch_size:
         return batch
     return {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+
+
+def _own_arrays(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copy worker batches out of grain's shared memory into ordinary arrays the caller owns."""
+    return {k: np.array(v) for k, v in batch.items()}
 
 
 def _packed_rows(docs, cfg: PipelineConfig):
@@ -131,7 +151,8 @@ def make_pretrain_iterator(shard_dir: str, cfg: PipelineConfig, process_index: i
     import grain.experimental as ge
 
     rows = _packed_rows(process_documents(shard_dir, cfg, process_index, process_count, num_epochs), cfg)
-    batches = rows.batch(cfg.batch_size, drop_remainder=False).map(functools.partial(_pad_batch, batch_size=cfg.batch_size))
+    batches = rows.batch(cfg.batch_size, drop_remainder=False)
+    batches = batches.map(functools.partial(_pad_batch, batch_size=cfg.batch_size))
     if cfg.num_workers > 0:
         from absl import flags
 
@@ -139,6 +160,7 @@ def make_pretrain_iterator(shard_dir: str, cfg: PipelineConfig, process_index: i
             flags.FLAGS.mark_as_parsed()
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=cfg.num_workers, per_worker_buffer_size=max(cfg.prefetch, 1)))
+        batches = batches.map(_own_arrays)
     elif cfg.prefetch > 0:
         batches = ge.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=cfg.prefetch)
     it = iter(batches)

@@ -7,14 +7,17 @@ texts, tokenizer) are unchanged, so a crash halfway plus a rerun gives byte-iden
 """
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from jaxllm.config import function_ref, resolve_function
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -58,19 +61,8 @@ def _default_load_tokenizer(tokenizer_dir: str):
     return Tokenizer.load(tokenizer_dir)
 
 
-_TOKENIZERS: dict[tuple, Any] = {}  # per-process cache: workers load the tokenizer once
-
-
-def _tokenizer(tokenizer_dir: str, load: Callable[[str], Any]):
-    key = (tokenizer_dir, load)
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = load(tokenizer_dir)
-    return _TOKENIZERS[key]
-
-
-def _write_shard(task: dict) -> dict:
+def _write_shard(task: dict, tok) -> dict:
     """Tokenize one spooled shard and write it atomically (stats file first, shard file last)."""
-    tok = _tokenizer(task["tokenizer_dir"], task["load_tokenizer"])
     final, stats_path = Path(task["path"]), Path(task["stats_path"])
     tmp = final.with_name(final.name + ".tmp")
     dtype = np.dtype(task["dtype"])
@@ -123,7 +115,8 @@ def _spool(documents: Iterable[dict], spool: Path, num_shards: int) -> list[str]
     try:
         for n, doc in enumerate(tqdm(documents, desc="reading documents", unit=" docs")):
             if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("text"), str):
-                got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+                got = ({k: type(doc.get(k)).__name__ for k in ("id", "text")} if isinstance(doc, dict)
+                       else type(doc).__name__)
                 raise ValueError(f"document #{n} needs str fields 'id' and 'text' (got {got}); "
                                  "yield dicts like {'id': ..., 'text': ..., 'source': ..., 'meta': {}}")
             i = shard_of(doc["id"], num_shards)
@@ -135,20 +128,56 @@ def _spool(documents: Iterable[dict], spool: Path, num_shards: int) -> list[str]
     return [h.hexdigest() for h in hashes]
 
 
+def _worker_main() -> None:
+    """Entry point of a shard worker process: `python -c ... TASK_JSON LOADER_REF`."""
+    task, load = json.loads(sys.argv[1]), resolve_function(sys.argv[2])
+    _write_shard(task, load(task["tokenizer_dir"]))
+
+
+def _run(tasks: list[dict], num_workers: int, tok, load: Callable[[str], Any]) -> Iterable[dict]:
+    """Write shards in up to `num_workers` fresh Python processes (in this one if <= 1), yielding
+    stats as shards finish. Plain subprocesses, not multiprocessing: nothing is forked from a
+    parent that may run JAX/grain threads, and callers need no `if __name__ == "__main__"` guard.
+    """
+    if num_workers <= 1 or len(tasks) <= 1:
+        yield from (_write_shard(t, tok) for t in tasks)
+        return
+    ref = function_ref(load)  # workers import the loader by name
+    code = "from jaxllm.data.shards import _worker_main; _worker_main()"
+    pending, running = list(tasks), {}
+    try:
+        while pending or running:
+            while pending and len(running) < num_workers:
+                task = pending.pop(0)
+                running[subprocess.Popen([sys.executable, "-c", code, json.dumps(task), ref],
+                                         stdout=subprocess.DEVNULL)] = task
+            time.sleep(0.02)
+            for proc in [p for p in running if p.poll() is not None]:
+                task = running.pop(proc)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"shard worker for {task['path']} failed (exit code {proc.returncode}); "
+                                       "its error is printed above")
+                yield json.loads(Path(task["stats_path"]).read_text())
+    finally:
+        for proc in running:
+            proc.kill()
+            proc.wait()
+
+
 def write_shards(documents: Iterable[dict], tokenizer_dir: str, out_dir: str, num_shards: int = 8,
                  num_workers: int = 2, *, load_tokenizer: Callable[[str], Any] | None = None) -> dict:
     """Tokenize documents into `num_shards` ArrayRecord shards under `out_dir`; return the manifest.
 
     Each record is one document's token ids, BOS first, as uint16 (or uint32 for vocabularies over
-    65,536). Shards are tokenized in `num_workers` processes. `load_tokenizer(dir)` (a picklable
-    module-level function) defaults to `jaxllm.tokenizer.Tokenizer.load`.
+    65,536). Shards are tokenized in `num_workers` processes. `load_tokenizer(dir)` (a module-level
+    function, imported by name in the workers) defaults to `jaxllm.tokenizer.Tokenizer.load`.
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     load = load_tokenizer or _default_load_tokenizer
     tokenizer_dir = str(Path(tokenizer_dir).resolve())
     tok_hash = tokenizer_hash(tokenizer_dir)
-    tok = _tokenizer(tokenizer_dir, load)
+    tok = load(tokenizer_dir)
     dtype = token_dtype(tok.n_vocab)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,25 +195,19 @@ def write_shards(documents: Iterable[dict], tokenizer_dir: str, out_dir: str, nu
         for name, fp in zip(names, fingerprints)]
     tasks = [dict(spool=str(spool / f"{i:05d}.jsonl"), path=str(out / names[i]),
                   stats_path=str(_stats_path(out, names[i])), tokenizer_dir=tokenizer_dir,
-                  load_tokenizer=load, tokenizer_hash=tok_hash, fingerprint=fingerprints[i], dtype=dtype)
+                  tokenizer_hash=tok_hash, fingerprint=fingerprints[i], dtype=dtype)
              for i in range(num_shards) if stats[i] is None]
+    for task in tasks:  # outdated shards go first, so "shard file exists" keeps meaning "complete"
+        Path(task["path"]).unlink(missing_ok=True)
+        Path(task["stats_path"]).unlink(missing_ok=True)
     bar = tqdm(total=num_shards, initial=num_shards - len(tasks), desc="tokenizing shards", unit=" shards")
-    if num_workers <= 1 or len(tasks) <= 1:
-        results = map(_write_shard, tasks)
-        pool = None
-    else:  # spawn: no forking of a parent that may hold JAX/grain threads
-        pool = concurrent.futures.ProcessPoolExecutor(
-            min(num_workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"))
-        results = (f.result() for f in concurrent.futures.as_completed(pool.submit(_write_shard, t) for t in tasks))
     try:
-        for result in results:
+        for result in _run(tasks, num_workers, tok, load):
             stats[names.index(result["file"])] = result
             bar.update(1)
             bar.set_postfix(docs=sum(s["documents"] for s in stats if s))
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     shutil.rmtree(spool, ignore_errors=True)
 
     manifest = {

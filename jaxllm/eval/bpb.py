@@ -10,23 +10,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    """`[vocab]` number of UTF-8 bytes each token id decodes to (0 for special tokens)."""
-    special = set(tokenizer.special_ids.values())
-    lengths = np.zeros(tokenizer.n_vocab, np.int64)
-    for i in range(tokenizer.n_vocab):
-        if i not in special:
-            try:
-                lengths[i] = len(tokenizer.token_bytes(i))
-            except Exception:  # holes in a vocabulary decode to nothing
-                lengths[i] = 0
-    return lengths
-
-
-def target_bytes(batch: dict, byte_lengths: np.ndarray) -> float:
-    """Bytes spelled by the counted targets of a `[batch, length]` batch."""
-    return float(np.sum(byte_lengths[np.asarray(batch["targets"])] * np.asarray(batch["loss_mask"])))
+from jaxllm.data.pipeline import target_bytes, token_byte_lengths  # noqa: F401  (re-exported)
 
 
 def bits_per_byte(nats: float, n_bytes: float) -> float:

@@ -7,7 +7,6 @@ threads may call it concurrently; it returns within `wall_seconds` plus a short 
 """
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import shutil
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 WORKDIR = "/sandbox"  # the private tmpfs inside the sandbox: cwd, HOME, TMPDIR and /tmp
-_GRACE_SECONDS = 2.0  # after a kill, how long we wait for pipes to close before giving up
+_GRACE_SECONDS = 2.0  # after a kill, how long we wait for pipes to close and bwrap to be reaped
+_STARTED = b"\0sandbox-up\n"  # the launcher's first write to stderr: bwrap set the sandbox up
 
 
 class SandboxUnavailable(RuntimeError):
@@ -37,7 +37,7 @@ class SandboxConfig:
     memory_mb: int = 512  # RLIMIT_AS (virtual memory) per process
     file_size_mb: int = 16  # RLIMIT_FSIZE: largest file a process may write
     disk_mb: int = 64  # size of the private tmpfs mounted at /sandbox (counts against RAM)
-    max_processes: int = 16  # RLIMIT_NPROC: processes + threads of the sandbox uid
+    max_processes: int = 8  # RLIMIT_NPROC: processes + threads of the sandbox uid
     max_open_files: int = 64  # RLIMIT_NOFILE
     output_limit_bytes: int = 16_384  # per stream; the head and a tail are kept, the middle cut
     backend: Literal["auto", "setuid", "userns"] = "auto"  # auto: setuid as root, else userns
@@ -64,6 +64,7 @@ class SandboxResult:
 # sets the rlimits, drops to the run's uid (setuid backend) and execs a fresh interpreter.
 _LAUNCHER = r"""
 import os, resource as R, sys
+os.write(2, b'\0sandbox-up\n')
 cpu, mem, fsz, nproc, nofile, uid, path = sys.argv[1:8]
 src = b''
 while True:
@@ -121,7 +122,7 @@ _ARCH = {  # machine: (AUDIT_ARCH, {syscall: nr}) for the calls we refuse with E
 
 
 def _seccomp_program() -> Optional[bytes]:
-    """BPF: wrong arch or x32 -> kill; socket(family != AF_UNIX) and the deny list -> EPERM."""
+    """BPF: another arch's ABI -> kill; x32, socket(family != AF_UNIX) and the deny list -> EPERM."""
     arch = _ARCH.get(os.uname().machine)
     if arch is None:
         return None
@@ -145,17 +146,16 @@ def _seccomp_program() -> Optional[bytes]:
 # ---- building the bwrap command line
 def _ro_binds(python: str, extra: tuple[str, ...]) -> list[str]:
     """Host paths the sandbox sees read-only: /usr, a few /etc files, the interpreter's prefix."""
-    real = os.path.realpath(python)
-    paths = {os.path.dirname(os.path.dirname(real))}
+    paths = {os.path.dirname(os.path.dirname(p)) for p in (os.path.abspath(python), os.path.realpath(python))}
     if python == sys.executable:
         paths |= {sys.prefix, sys.base_prefix}
     paths |= set(extra)
     return sorted(os.path.realpath(p) for p in paths if p)
 
 
-def _bwrap_argv(cfg: SandboxConfig, mode: str, python: str, uid: int, seccomp_fd: int) -> list[str]:
-    a = [cfg.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-         "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--json-status-fd", "{status}"]
+def _bwrap_argv(cfg: SandboxConfig, bwrap: str, mode: str, python: str, uid: int, seccomp_fd: int) -> list[str]:
+    a = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+         "--unshare-cgroup-try", "--die-with-parent", "--new-session"]
     if mode == "userns":
         a += ["--unshare-user", "--disable-userns"]
     else:  # started as root: keep only what the launcher needs to drop to the run's uid
@@ -180,12 +180,16 @@ def _bwrap_argv(cfg: SandboxConfig, mode: str, python: str, uid: int, seccomp_fd
                 made.add(parent)
                 a += ["--perms", "0755", "--dir", parent]
         a += ["--ro-bind", path, path]
+        made.add(path)
     size = str(cfg.disk_mb << 20)
     a += ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--size", size, "--tmpfs", "/dev/shm",
-          "--remount-ro", "/dev", "--perms", "01777", "--size", size, "--tmpfs", WORKDIR,
-          "--symlink", WORKDIR, "/tmp", "--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
+          "--remount-ro", "/dev", "--perms", "01777", "--size", size, "--tmpfs", WORKDIR]
+    if "/tmp" not in made:  # a bound path under /tmp (e.g. a venv) keeps /tmp a read-only dir
+        a += ["--symlink", WORKDIR, "/tmp"]
+    a += ["--remount-ro", "/", "--chdir", WORKDIR, "--clearenv"]
     for k, v in (("HOME", WORKDIR), ("TMPDIR", WORKDIR), ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-                 ("LANG", "C.UTF-8"), ("PYTHONHASHSEED", "0")):
+                 ("LANG", "C.UTF-8"), ("PYTHONHASHSEED", "0"), ("OMP_NUM_THREADS", "1"),
+                 ("OPENBLAS_NUM_THREADS", "1")):  # thread pools would eat the process limit
         a += ["--setenv", k, v]
     if seccomp_fd >= 0:
         a += ["--seccomp", str(seccomp_fd)]
@@ -195,13 +199,14 @@ def _bwrap_argv(cfg: SandboxConfig, mode: str, python: str, uid: int, seccomp_fd
     return a
 
 
-def _check(cfg: SandboxConfig) -> tuple[str, str]:
-    """Validate cfg; return (mode, python) or raise a clear error."""
+def _check(cfg: SandboxConfig) -> tuple[str, str, str]:
+    """Validate cfg; return (mode, python, bwrap path) or raise a clear error."""
     for name in ("cpu_seconds", "wall_seconds", "memory_mb", "file_size_mb", "disk_mb",
                  "max_processes", "max_open_files", "output_limit_bytes"):
         if not getattr(cfg, name) > 0:
             raise ValueError(f"SandboxConfig.{name} must be > 0, got {getattr(cfg, name)!r}")
-    if shutil.which(cfg.bwrap) is None:
+    bwrap = shutil.which(cfg.bwrap)
+    if bwrap is None:
         raise SandboxUnavailable(f"sandbox unavailable: bubblewrap ({cfg.bwrap!r}) not found; "
                                  "install it (Debian/Ubuntu: apt-get install -y bubblewrap)")
     root = os.geteuid() == 0
@@ -211,18 +216,33 @@ def _check(cfg: SandboxConfig) -> tuple[str, str]:
     python = cfg.python or sys.executable
     if not os.access(python, os.X_OK):
         raise SandboxUnavailable(f"sandbox python {python!r} is not executable; set SandboxConfig.python")
-    return mode, python
+    if mode == "userns" and root:  # bwrap will run as cfg.uid: every bound path must be reachable
+        for path in _ro_binds(python, cfg.extra_ro_paths):
+            d = path
+            while d != "/":
+                if os.path.isdir(d) and not os.stat(d).st_mode & 0o001:
+                    raise SandboxUnavailable(
+                        f"sandbox backend 'userns' runs as uid {cfg.uid}, which cannot enter {d} "
+                        f"(needed for {path}); use backend='setuid' or a python outside it "
+                        "(e.g. SandboxConfig.python='/usr/bin/python3')")
+                d = os.path.dirname(d)
+    return mode, python, bwrap
 
 
 # ---- running and reading
 class _Capture:
     """Keep the first `limit` bytes of a stream and a rolling tail; count what is dropped."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, marker: bytes = b""):
         self.limit, self.tail_len = limit, max(limit // 4, 1)
         self.head, self.tail, self.total = bytearray(), bytearray(), 0
+        self.marker, self.seen_marker = marker, False  # marker: dropped if it opens the stream
 
     def add(self, data: bytes) -> None:
+        if self.marker:  # written in one small write(), so the first read holds all of it
+            self.seen_marker = data.startswith(self.marker)
+            data = data[len(self.marker):] if self.seen_marker else data
+            self.marker = b""
         self.total += len(data)
         room = self.limit - len(self.head)
         if room > 0:
@@ -278,7 +298,8 @@ def _pump(proc: subprocess.Popen, outs: dict, deadline: float, flood: int) -> tu
                 if data:
                     key.data.add(data)
                     if key.data.total > flood and not killed:
-                        _kill(proc)
+                        if status is None:  # never signal a reaped pid: it may be reused
+                            _kill(proc)
                         killed, deadline = "output", time.monotonic() + _GRACE_SECONDS
                 else:
                     sel.unregister(key.fileobj)
@@ -306,12 +327,11 @@ def _flood_bytes(cfg: SandboxConfig) -> int:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL bwrap; --die-with-parent then takes down the sandbox's pid namespace."""
-    for f in (lambda: os.killpg(proc.pid, signal.SIGKILL), lambda: os.kill(proc.pid, signal.SIGKILL)):
-        try:
-            f()
-        except (ProcessLookupError, PermissionError):
-            pass
+    """SIGKILL bwrap (its own process group); --die-with-parent then takes down the pid namespace."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _classify(cfg: SandboxConfig, code: int, wall: float, killed: str, err: str, started: bool,
@@ -330,7 +350,7 @@ def _classify(cfg: SandboxConfig, code: int, wall: float, killed: str, err: str,
         return f"time limit exceeded ({cfg.cpu_seconds} s CPU)"
     if "MemoryError" in tail or "Cannot allocate memory" in tail:
         return f"memory limit exceeded ({cfg.memory_mb} MB)"
-    if ("BlockingIOError" in tail or "Resource temporarily unavailable" in tail
+    if (("Resource temporarily unavailable" in tail and "fork" in tail)
             or "can't start new thread" in tail or "Cannot fork" in tail):
         return f"process limit reached ({cfg.max_processes} processes)"
     if sig == signal.SIGXFSZ or "File too large" in tail:
@@ -349,64 +369,55 @@ def _classify(cfg: SandboxConfig, code: int, wall: float, killed: str, err: str,
     return None
 
 
+def _memfd(data: bytes) -> int:
+    """An anonymous in-memory file holding `data`, positioned at its start."""
+    fd = os.memfd_create("jaxllm-sandbox", 0)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def run_python(code: str, cfg: SandboxConfig = SandboxConfig()) -> SandboxResult:
     """Run `code` as a Python program in a fresh sandbox; never raises for anything the code does."""
-    mode, python = _check(cfg)
+    mode, python, bwrap = _check(cfg)
     uid = -1
     if mode == "setuid":
         uid = _take_uid(cfg.uid_base)
     fds: list[int] = []
     try:
-        src = os.memfd_create("sandbox-code", 0)
-        fds.append(src)
-        os.write(src, code.encode("utf-8", "surrogateescape"))
-        os.lseek(src, 0, os.SEEK_SET)
-        status_r, status_w = os.pipe()
-        fds += [status_r, status_w]
-        pass_fds = [status_w]
+        fds.append(_memfd(code.encode("utf-8", "surrogatepass")))  # the launcher's stdin
         prog = _seccomp_program() if cfg.seccomp else None
-        sec_fd = -1
         if prog is not None:
-            sec_fd = os.memfd_create("sandbox-seccomp", 0)
-            fds.append(sec_fd)
-            os.write(sec_fd, prog)
-            os.lseek(sec_fd, 0, os.SEEK_SET)
-            pass_fds.append(sec_fd)
-        argv = [s.replace("{status}", str(status_w)) for s in _bwrap_argv(cfg, mode, python, uid, sec_fd)]
+            fds.append(_memfd(prog))
+        sec_fd = fds[1] if prog is not None else -1
+        argv = _bwrap_argv(cfg, bwrap, mode, python, uid, sec_fd)
         kw = {}
         if mode == "userns" and os.geteuid() == 0:
             kw = dict(user=cfg.uid, group=cfg.uid, extra_groups=[])
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=src, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(argv, stdin=fds[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={"PATH": "/usr/bin:/bin"}, cwd="/", start_new_session=True,
-                                pass_fds=pass_fds, **kw)
-        for fd in (src, status_w, sec_fd):
-            if fd >= 0:
-                os.close(fd)
-                fds.remove(fd)
-        out, err = _Capture(cfg.output_limit_bytes), _Capture(cfg.output_limit_bytes)
+                                pass_fds=fds[1:], **kw)
+        while fds:
+            os.close(fds.pop())
+        out, err = _Capture(cfg.output_limit_bytes), _Capture(cfg.output_limit_bytes, _STARTED)
         try:
             status, killed = _pump(proc, {proc.stdout: out, proc.stderr: err},
                                    t0 + cfg.wall_seconds, _flood_bytes(cfg))
         finally:
+            if proc.returncode is None:  # only on an unexpected error in _pump: leave nothing behind
+                _kill(proc)
             proc.stdout.close()
             proc.stderr.close()
         wall = time.monotonic() - t0
-        os.set_blocking(status_r, False)
-        try:
-            info = os.read(status_r, 1 << 16).decode(errors="replace")
-        except BlockingIOError:
-            info = ""
     finally:
         for fd in fds:
             os.close(fd)
         if uid >= 0:
             _give_uid(uid)
-    started = "child-pid" in info
+    started = err.seen_marker
     code_ = -signal.SIGKILL if status is None else os.waitstatus_to_exitcode(status)
-    for line in info.splitlines():  # bwrap reports the payload's status as 128+signal
-        if '"exit-code"' in line:
-            code_ = json.loads(line)["exit-code"]
+    # bwrap exits with its payload's code: 128 + signal for a killed one
     if code_ > 128 and code_ - 128 in signal.valid_signals():
         code_ = -(code_ - 128)
     truncated = out.truncated or err.truncated

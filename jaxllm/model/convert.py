@@ -23,6 +23,7 @@ import numpy as np
 from flax.linen import meta
 
 from jaxllm.model.config import ModelConfig
+from jaxllm.model.transformer import Transformer
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -282,8 +283,6 @@ def _get_layers(params: Mapping, cfg: ModelConfig) -> list:
 
 def check_params(params: Mapping, cfg: ModelConfig) -> None:
     """Raise a clear error if `params` does not have exactly the tree and shapes `Transformer(cfg)` makes."""
-    from jaxllm.model.transformer import Transformer
-
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     want = jax.eval_shape(lambda t: meta.unbox(Transformer(cfg).init(jax.random.key(0), t)["params"]), tokens)
     flat_want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(want)}
@@ -304,14 +303,22 @@ def load_hf_checkpoint(directory: str | Path, **overrides) -> tuple[ModelConfig,
 
 
 def save_hf_checkpoint(directory: str | Path, cfg: ModelConfig, params: Mapping, tokenizer=None,
-                       bos_id: int | None = None, eos_id: int | None = None) -> Path:
-    """Write config.json + model.safetensors (+ the tokenizer if it can `save` tokenizer.json) for transformers."""
+                       bos_id: int | None = None, eos_id: int | None = None, chat_template: str | None = None) -> Path:
+    """Write config.json + model.safetensors for transformers; with a tokenizer that writes tokenizer.json
+    (HFBPETokenizer), also tokenizer_config.json (bos/eos, chat template) so AutoTokenizer loads it."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         bos_id = tokenizer.bos_id if bos_id is None else bos_id
         eos_id = getattr(tokenizer, "eos_id", None) if eos_id is None else eos_id
         tokenizer.save(d)
+        if (d / "tokenizer.json").exists():
+            names = {i: t for t, i in tokenizer.special_ids.items()}
+            tc = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "model_max_length": cfg.max_seq_len, "bos_token": names.get(bos_id), "eos_token": names.get(eos_id)}
+            if chat_template:
+                tc["chat_template"] = chat_template
+            (d / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
     state = params_to_hf(params, cfg)
     if cfg.family == "gpt2" and cfg.tie_embeddings:
         state.pop("lm_head.weight", None)

@@ -131,6 +131,7 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
         bar = tqdm(total=train.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
         t_last, step_last = time.perf_counter(), step
         stopped_by_budget = False
+        saved_step = step
         while step < train.steps:
             if train.time_budget_s and elapsed >= train.time_budget_s:
                 stopped_by_budget = True
@@ -165,11 +166,12 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
                 samples(step)
             if train.checkpoint_every and (step % train.checkpoint_every == 0 or last):
                 ckpt.save(step, trainer.state, data_iter, {"train_seconds": elapsed, "step": step})
+                saved_step = step
         bar.close()
         if pending:  # stopped by the time budget between log points
             for (s, _), hm in zip(pending, jax.device_get([mm for _, mm in pending])):
                 metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]), lr=float(trainer.schedule(s - 1)))
-        if stopped_by_budget or step % max(train.checkpoint_every, 1):
+        if saved_step != step:
             ckpt.save(step, trainer.state, data_iter, {"train_seconds": elapsed, "step": step}, force=True)
         final = validate(step)
         final_samples = samples(step)

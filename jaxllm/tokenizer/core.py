@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import AbstractSet, Iterable, Literal, Sequence, Union
 
@@ -131,14 +132,17 @@ class Tokenizer:
         encode_ordinary_batch) costs more than encoding a typical short document.
         """
         allowed = self._allowed(allowed_special)
+        if allowed:
+            encode = partial(self.enc.encode, allowed_special=allowed, disallowed_special=())
+        else:
+            encode = self.enc.encode_ordinary
         texts = list(texts)
         if num_threads <= 1 or len(texts) < 2 * num_threads:
-            return [self.encode(t, allowed) for t in texts]
+            return [encode(t) for t in texts]
         step = -(-len(texts) // (4 * num_threads))  # a few slices per thread evens out long documents
         slices = [texts[i:i + step] for i in range(0, len(texts), step)]
-        encode = self.encode
         with ThreadPoolExecutor(num_threads) as pool:
-            parts = list(pool.map(lambda part: [encode(t, allowed) for t in part], slices))
+            parts = list(pool.map(lambda part: [encode(t) for t in part], slices))
         return [ids for part in parts for ids in part]
 
     def encode_bytes(self, data: bytes) -> list[int]:

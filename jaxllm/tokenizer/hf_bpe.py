@@ -2,7 +2,7 @@
 
 Why not tiktoken, like our own `Tokenizer`: tiktoken merges the pair whose *result* has the lowest
 rank and needs a token for every byte. A pretrained vocabulary need not satisfy either: SmolLM2's
-merge order does follow its token ids, but 21 byte values (e.g. 0x04, 0xF1-0xFF) have no token,
+merge order does follow its token ids, but 21 byte values (e.g. 0x04, 0xF5-0xFF) have no token,
 and Hugging Face silently drops such bytes where tiktoken fails. So this class is backed by HF
 `tokenizers` (`models.BPE` + `ByteLevel`), built from the vocab and merges exactly the way
 `transformers` builds them, and offers the same methods as `jaxllm.tokenizer.core.Tokenizer`.
@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from tokenizers import Regex, Tokenizer as _Backend, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer as _Backend, decoders, models, pre_tokenizers
 
 from jaxllm.tokenizer.core import AllowedSpecial
 
@@ -70,7 +70,8 @@ class HFBPETokenizer:
     """
 
     def __init__(self, tokens: Sequence[str], merges: Sequence[tuple[str, str]], special_tokens: dict[str, int],
-                 bos: str, pre_split: str | None = None, name: str = "hf-bpe", eos: str | None = None):
+                 bos: str, pre_split: str | None = None, name: str = "hf-bpe", eos: str | None = None,
+                 backend: _Backend | None = None):
         if bos not in special_tokens:
             raise ValueError(f"bos token {bos!r} is not among the special tokens {sorted(special_tokens)}")
         self.name = name
@@ -79,21 +80,26 @@ class HFBPETokenizer:
         self.special_ids: dict[str, int] = dict(special_tokens)
         self.bos, self.bos_id = bos, self.special_ids[bos]
         self.eos = eos
-        self.eos_id: int | None = None if eos is None else self.special_ids.get(eos, self.tokens.index(eos))
+        self.eos_id: int | None = (None if eos is None else self.special_ids[eos] if eos in self.special_ids
+                                  else self.tokens.index(eos))
         self.n_vocab: int = max(len(self.tokens), max(self.special_ids.values(), default=-1) + 1)
         self._merges = [tuple(m) for m in merges]
         self._all_special = frozenset(self.special_ids)
-        vocab = {t: i for i, t in enumerate(self.tokens)}
-        backend = _Backend(models.BPE(vocab=vocab, merges=self._merges, dropout=None, continuing_subword_prefix="",
-                                      end_of_word_suffix="", fuse_unk=False))
-        if pre_split is None:
-            backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        else:
-            backend.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(pre_split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        backend.decoder = decoders.ByteLevel()
-        self._backend = backend  # knows no special tokens: their text is ordinary text here
+        if backend is None:  # built the way transformers builds GPT2Tokenizer (+ a GGUF split regex)
+            vocab = {t: i for i, t in enumerate(self.tokens)}
+            backend = _Backend(models.BPE(vocab=vocab, merges=self._merges, dropout=None, continuing_subword_prefix="",
+                                          end_of_word_suffix="", fuse_unk=False))
+            if pre_split is None:
+                backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            else:
+                backend.pre_tokenizer = pre_tokenizers.Sequence([
+                    pre_tokenizers.Split(Regex(pre_split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            backend.decoder = decoders.ByteLevel()
+            backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                        for t, _ in sorted(self.special_ids.items(), key=lambda kv: kv[1])])
+        backend.encode_special_tokens = True  # special-token text is ordinary text; `encode` splits allowed ones
+        self._backend = backend
         self._bytes = [unspell(t) for t in self.tokens] + [b""] * (self.n_vocab - len(self.tokens))
         for text, i in self.special_ids.items():
             self._bytes[i] = text.encode("utf-8")
@@ -120,19 +126,21 @@ class HFBPETokenizer:
     @classmethod
     def from_tokenizer_json(cls, path: str | Path, bos: str | None = None, eos: str | None = None,
                             name: str | None = None) -> "HFBPETokenizer":
-        """From a Hugging Face `tokenizer.json` with a byte-level BPE model (GPT-2, Llama 3, SmolLM...)."""
+        """From a Hugging Face `tokenizer.json` with a byte-level BPE model (GPT-2, Llama 3, SmolLM...).
+
+        Its own normalizer/pre-tokenizer pipeline is kept as is, so encodings match transformers."""
         path = Path(path)
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
             model = spec["model"]
-        except (OSError, json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path}: not a tokenizers JSON file ({e!r})") from e
-        if model.get("type") != "BPE":
-            raise ValueError(f"{path}: model type {model.get('type')!r} is not byte-level BPE; only BPE is supported")
+            backend = _Backend.from_str(json.dumps(spec))
+        except Exception as e:  # OSError, JSON, missing keys, or tokenizers refusing it
+            raise ValueError(f"{path}: not a tokenizers JSON file ({e})") from e
+        if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("decoder")):
+            raise ValueError(f"{path}: model {model.get('type')!r} with decoder {spec.get('decoder')} is not byte-level BPE")
         vocab: dict[str, int] = model["vocab"]
         added = spec.get("added_tokens") or []
-        size = max([*vocab.values(), *(a["id"] for a in added)]) + 1
-        tokens = [""] * size
+        tokens = [""] * (max([*vocab.values(), *(a["id"] for a in added)]) + 1)
         for t, i in vocab.items():
             tokens[i] = t
         for a in added:
@@ -140,10 +148,9 @@ class HFBPETokenizer:
         merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         special = {a["content"]: a["id"] for a in added if a.get("special")}
         if not special:
-            raise ValueError(f"{path}: no special tokens; pass a tokenizer with at least a bos/eos token")
-        bos = bos or next(iter(special))
-        pre = _split_regex(spec.get("pre_tokenizer"))
-        return cls(tokens, merges, special, bos=bos, pre_split=pre, name=name or path.parent.name, eos=eos)
+            raise ValueError(f"{path}: no special tokens; a chat or base model needs at least a bos/eos token")
+        return cls(tokens, merges, special, bos=bos or next(iter(special)), name=name or path.parent.name, eos=eos,
+                   backend=backend)
 
     def __repr__(self) -> str:
         return f"HFBPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, specials={len(self.special_ids)})"
@@ -228,11 +235,7 @@ class HFBPETokenizer:
         """Write `tokenizer.json` (HF format, specials included so transformers loads it) and our meta."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        full = _Backend.from_str(self._backend.to_str())
-        from tokenizers import AddedToken
-        full.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                 for t, _ in sorted(self.special_ids.items(), key=lambda kv: kv[1])])
-        full.save(str(out / TOKENIZER_FILE))
+        self._backend.save(str(out / TOKENIZER_FILE))
         meta = {"format": FORMAT, "name": self.name, "bos": self.bos, "eos": self.eos}
         (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         return out
@@ -251,22 +254,3 @@ class HFBPETokenizer:
             raise FileNotFoundError(f"{d / TOKENIZER_FILE} not found: expected a directory written by HFBPETokenizer.save")
         return cls.from_tokenizer_json(d / TOKENIZER_FILE, bos=meta.get("bos"), eos=meta.get("eos"), name=meta.get("name"))
 
-
-def _split_regex(pre: dict | None) -> str | None:
-    """The Split regex of a tokenizer.json pre-tokenizer, None for plain ByteLevel."""
-    if not pre:
-        return None
-    if pre.get("type") == "ByteLevel":
-        if pre.get("add_prefix_space"):
-            raise ValueError("ByteLevel pre-tokenizers with add_prefix_space=True are not supported")
-        return None
-    if pre.get("type") == "Sequence":
-        steps = pre.get("pretokenizers", [])
-        splits = [s for s in steps if s.get("type") == "Split"]
-        others = [s for s in steps if s.get("type") not in ("Split", "ByteLevel")]
-        if len(splits) == 1 and not others and splits[0].get("behavior", "").lower() == "isolated":
-            return splits[0]["pattern"].get("Regex") or re.escape(splits[0]["pattern"]["String"])
-        if not splits and not others:
-            return None
-    raise ValueError(f"unsupported pre-tokenizer {json.dumps(pre)[:200]}; only ByteLevel and "
-                     "Split(isolated)+ByteLevel are supported")

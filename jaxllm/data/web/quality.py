@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from typing import Optional
 
+import numpy as np
+
 from .config import QualityConfig
 
 Doc = dict
@@ -43,24 +45,59 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return n, chars
 
 
-def _top_ngram_chars(ws: list[str], n: int) -> int:
-    grams = [" ".join(ws[i:i + n]) for i in range(len(ws) - n + 1)]
-    if not grams:
+def _ngram_ids(ids: np.ndarray, n: int) -> np.ndarray:
+    """One 64-bit id per word n-gram (polynomial hash of word ids). [len(ids) - n + 1] uint64."""
+    m = len(ids) - n + 1
+    h = np.zeros(max(m, 0), np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            h = h * np.uint64(0x100000001B3) + ids[k:k + m]
+    return h
+
+
+def _top_ngram_chars(grams: np.ndarray, cum: np.ndarray, n: int) -> int:
+    """Characters covered by the most frequent n-gram (joined with spaces), first one on ties."""
+    if len(grams) == 0:
         return 0
-    gram, count = Counter(grams).most_common(1)[0]
-    return len(gram) * count
+    _, first, counts = np.unique(grams, return_index=True, return_counts=True)
+    top = counts.max()
+    i = int(first[counts == top].min())
+    return int(cum[i + n] - cum[i] + n - 1) * int(top)
 
 
-def _dup_ngram_chars(ws: list[str], n: int) -> int:
-    seen, chars, i = set(), 0, 0
-    while i < len(ws) - n + 1:
-        gram = "".join(ws[i:i + n])
-        if gram in seen:
-            chars += len(gram)
-            i += n
+def _dup_ngram_chars(grams: np.ndarray, cum: np.ndarray, n: int, limit: float = -1.0) -> int:
+    """Characters in repeated n-grams, jumping over each repeat (Gopher's greedy count).
+
+    The greedy count only counts positions whose n-gram occurred earlier, so the total length of
+    all non-first occurrences bounds it; when that bound is <= `limit` it is returned instead of
+    running the sequential loop (the caller only compares the result against `limit`).
+    """
+    if len(grams) == 0:
+        return 0
+    _, first = np.unique(grams, return_index=True)
+    repeat = np.ones(len(grams), bool)
+    repeat[first] = False
+    bound = int((cum[n:][repeat] - cum[:-n][repeat]).sum())
+    if bound <= limit:
+        return bound
+    # the same greedy walk, visiting only candidate positions: everything between two candidates is
+    # a first occurrence, so it is unseen and simply added to `seen`
+    g = grams.tolist()
+    cands = np.flatnonzero(repeat).tolist()
+    seen: set[int] = set()
+    chars, i, k = 0, 0, 0
+    while k < len(cands):
+        c = cands[k]
+        k += 1
+        if c < i:
+            continue
+        seen.update(g[i:c])
+        if g[c] in seen:
+            chars += int(cum[c + n] - cum[c])
+            i = c + n
         else:
-            seen.add(gram)
-            i += 1
+            seen.add(g[c])
+            i = c + 1
     return chars
 
 
@@ -82,11 +119,14 @@ def gopher_repetition(doc: Doc, cfg: QualityConfig) -> Result:
     if chars / len(text) > cfg.dup_line_char_frac:
         return None, "dup_line_char_frac"
     ws = words(text)
+    vocab = {w: i + 1 for i, w in enumerate(dict.fromkeys(ws))}
+    ids = np.fromiter(map(vocab.__getitem__, ws), np.uint64, len(ws))  # [words]
+    cum = np.concatenate([[0], np.cumsum([len(w) for w in ws], dtype=np.int64)])  # [words + 1]
     for n, frac in zip((2, 3, 4), cfg.top_ngram_fracs):
-        if _top_ngram_chars(ws, n) / len(text) > frac:
+        if _top_ngram_chars(_ngram_ids(ids, n), cum, n) / len(text) > frac:
             return None, f"top_{n}_gram"
     for n, frac in zip(range(5, 11), cfg.dup_ngram_fracs):
-        if _dup_ngram_chars(ws, n) / len(text) > frac:
+        if _dup_ngram_chars(_ngram_ids(ids, n), cum, n, frac * len(text)) / len(text) > frac:
             return None, f"duplicated_{n}_grams"
     return doc, None
 

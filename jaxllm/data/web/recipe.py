@@ -150,6 +150,9 @@ def build_warcs(cfg: RecipeConfig, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+FORMAT = 2  # bump when the packing changes, so cached WARC folders are rebuilt
+
+
 def _cfg_dict(cfg: RecipeConfig) -> dict:
     from jaxllm.config import to_dict
-    return to_dict(cfg)
+    return {**to_dict(cfg), "format": FORMAT}

@@ -24,12 +24,8 @@ from jaxllm.config import to_dict
 
 from . import dedup
 from .config import WebConfig
-from .shard import ORDER_BITS, _atomic_write, filter_shard, finish_shard, load_entries
+from .shard import ORDER_BITS, _atomic_write, filter_shard, finish_shard, load_entries, stage_list
 from .stats import merge_stats, write_report
-
-STAGE_ORDER = ("read", "url_filter", "decode", "extract", "language", "gopher_repetition",
-               "gopher_quality", "c4", "fineweb", "dedup")
-
 
 class PipelineError(RuntimeError):
     """A problem with the run's inputs or output folder that the user can fix."""
@@ -78,7 +74,9 @@ def _done(out: Path, cfg: WebConfig, inputs: list[Path]) -> dict | None:
 def _finish_run(cfg: WebConfig, paths: list[Path], out: Path, work: Path, stat_files: list[str],
                 num_workers: int) -> dict:
     per_shard = [json.loads(Path(f).read_text()) for f in stat_files]
-    stats = merge_stats(per_shard, STAGE_ORDER, cfg.output.samples_per_filter)
+    enabled = ("read", *(name for name, _ in stage_list(cfg)),
+               *(("dedup",) if cfg.dedup.exact or cfg.dedup.minhash else ()))
+    stats = merge_stats(per_shard, enabled, cfg.output.samples_per_filter)
     stats["inputs"] = [str(p) for p in paths]
     stats["num_workers"] = num_workers
     stats["engine"] = cfg.engine
@@ -98,6 +96,14 @@ def _resolve_local(n: int, work: Path) -> dict[int, tuple[str, int]]:
     return dedup.resolve(dedup.group_buckets(entries))
 
 
+def _mp_context():
+    """spawn (safe when the caller runs threads, e.g. JAX); fork when __main__ cannot be re-imported
+    (python -c, stdin, notebooks), which spawn needs."""
+    import sys
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return mp.get_context("spawn" if main_file and Path(main_file).exists() else "fork")
+
+
 def run_local(cfg: WebConfig, paths: list[Path], out: Path, work: Path, num_workers: int) -> dict:
     n = len(paths)
     if num_workers <= 1:
@@ -106,8 +112,7 @@ def run_local(cfg: WebConfig, paths: list[Path], out: Path, work: Path, num_work
         fin = [finish_shard(i, cfg, str(work), str(out), _removed_for(removed, i))
                for i in tqdm(range(n), desc="web finish")]
     else:
-        # spawn: safe even when the caller has started threads (JAX, grain) in this process
-        with cf.ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(num_workers, mp_context=_mp_context()) as pool:
             futs = [pool.submit(filter_shard, i, str(p), cfg, str(work)) for i, p in enumerate(paths)]
             for _ in tqdm(cf.as_completed(futs), total=n, desc="web filter"):
                 pass

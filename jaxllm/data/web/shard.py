@@ -27,6 +27,8 @@ ORDER_BITS = 32  # order key = input index << 32 | record index
 def stage_list(cfg: WebConfig) -> list[tuple[str, Callable[[Doc], tuple[Optional[Doc], Optional[str]]]]]:
     """The enabled per-document stages in FineWeb order, each bound to its config section."""
     q = cfg.quality
+    if cfg.url_filter.enabled:  # a missing user blocklist is a config error: raise before any work
+        stages._blocklist(cfg.url_filter.blocklist_file, cfg.url_filter.use_default_blocklist)
     steps = [
         ("url_filter", cfg.url_filter.enabled, lambda d: stages.url_filter(d, cfg.url_filter)),
         ("decode", True, lambda d: stages.decode(d, cfg.read)),
@@ -105,7 +107,10 @@ def filter_shard(index: int, path: str, cfg: WebConfig, work: str) -> str:
             continue
         st.d["bytes_in"] += len(doc["raw"])
         for name, fn in steps:
-            new, reason = fn(doc)
+            try:
+                new, reason = fn(doc)
+            except Exception as e:  # noqa: BLE001 - one odd page must not stop a crawl; counted and sampled
+                new, reason = None, f"error_{type(e).__name__}"
             if new is None:
                 st.remove(name, reason, order, doc)
                 break

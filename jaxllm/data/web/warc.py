@@ -152,6 +152,8 @@ def http_response_record(url: str, body: bytes, content_type: str = "text/html; 
     rec.headers["WARC-Date"] = date
     rec.headers["WARC-Target-URI"] = url
     rec.headers["Content-Type"] = "application/http; msgtype=response"
+    if content_type:  # what Common Crawl records as the sniffed type of the body
+        rec.headers["WARC-Identified-Payload-Type"] = content_type.split(";")[0].strip()
     rec.set_bytes_content(b"\r\n".join(head) + b"\r\n\r\n" + body)
     out = io.BytesIO()
     rec.write(out, checksum_data=True)

@@ -1,0 +1,181 @@
+"""Data pieces for the "I don't know" recipe (Llama 3 factuality): corpus QA pairs, invented people, judging.
+
+What it teaches: a model trained only on confident answers answers every question confidently,
+including ones about people who do not exist (hallucination). The recipe probes what the model
+knows: questions made from corpus documents (`qa_pairs`: template-based, from the first sentence
+of Wikipedia summaries: birth/death years, "what is X", "where is X"), asked several times and
+judged (`judge`: number/string match); questions it gets right become answer conversations, the
+others become refusals (`idk_conversation`). Invented people (`invented_people`) give the
+hallucination metric: any non-refusal (`is_refusal`) about them is a hallucination. The probing loop
+needs a model, so it lives with the recipes; everything here is pure and seeded.
+Splits hash the source document id (QA) or the invented name, so held-out questions are never trained.
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Optional
+
+from jaxllm.data.generators import check_split, conversation, rng_for, sample_unique, split_of
+from jaxllm.data.generators.tool_use import first_sentence, load_documents, title_of
+from jaxllm.data.sources import DataError
+
+_LIFE = re.compile(r"\((born )?(\d{3,4})(?:\s?[–-]\s?(\d{3,4}))?\)$")
+_DEF = re.compile(r"^(?P<subj>.{2,80}?)(?:\s\([^)]*\))?\s(?P<verb>is|was|are|were)\s(?P<pred>(?:a|an|the)\s.+)$")
+_LOC = re.compile(r"^(?:a|an|the)\s(?:[\w-]+\s){0,3}?(?:city|town|village|river|county|island|lake|mountain|"
+                  r"region|province|state|municipality|district|country)\s(?:in|of|on)\s(?P<where>[^,;.]+)")
+_PERSON = re.compile(r"\b(poet|writer|novelist|author|actor|actress|singer|songwriter|musician|composer|painter|artist|"
+                     r"politician|president|king|queen|emperor|philosopher|scientist|physicist|chemist|mathematician|"
+                     r"engineer|inventor|businessman|businesswoman|entrepreneur|player|footballer|athlete|director|"
+                     r"journalist|lawyer|general|officer|soldier|explorer|economist|historian|activist|leader|"
+                     r"statesman|monarch|pope|saint|rapper|comedian|dancer|architect|biologist|astronomer)s?\b")
+STOP = frozenset("a an the of in on at to and or for by with from is was are were be as its it his her their "
+                 "that which who this these those".split())
+
+
+def _clean(sentence: str) -> str:
+    return re.sub(r"\s*\([^()]*\)", "", sentence).strip()
+
+
+def qa_from_document(doc: dict) -> list[dict]:
+    """Template questions with short answers from one document's first sentence (none if no template fits)."""
+    title = title_of(doc)
+    sent = first_sentence(doc["text"])
+    out = []
+    desc = str((doc.get("meta") or {}).get("description", ""))
+    m = _LIFE.search(desc)  # Wikipedia's short description: "German-born theoretical physicist (1879–1955)"
+    if m and (_PERSON.search(desc) or m.group(1)):
+        out.append({"question": f"In what year was {title} born?", "answer": m.group(2), "kind": "year"})
+        if m.group(3):
+            out.append({"question": f"In what year did {title} die?", "answer": m.group(3), "kind": "year"})
+    m = _DEF.match(_clean(sent).rstrip("."))
+    if m:
+        pred = re.split(r",(?!\d)|;|\s(?:who|which|that|whose|where|and is|and was)\b", m.group("pred"))[0].strip()
+        pred = re.sub(r"(\s(?:in|of|on|at|by|for|with|to|and|or|from|the|a|an))+$", "", pred)
+        subj = m.group("subj").strip()
+        if subj.split()[0] in ("A", "An", "The") and title.lower() in subj.lower() and len(subj.split()) <= 6 \
+                and "," not in subj:
+            subj = subj[0].lower() + subj[1:]  # "An orphanage is ..." → "What is an orphanage?"
+        else:
+            subj = title
+        if 2 <= len(pred.split()) <= 14:
+            wh = "Who" if out or _PERSON.search(pred) else "What"
+            out.append({"question": f"{wh} {m.group('verb')} {subj}?", "answer": pred, "kind": "definition",
+                        "subject": subj})
+        loc = _LOC.match(m.group("pred"))
+        where = re.split(r"\s(?:consisting|that|which|with|and|where|known)\b", loc.group("where"))[0].strip() if loc else ""
+        if where and len(where.split()) <= 5:
+            out.append({"question": f"Where is {subj}?", "answer": where, "kind": "location", "subject": subj})
+    for qa in out:
+        qa.update(title=title, source_id=doc["id"], context=sent)
+    return out
+
+
+def qa_pairs(n: Optional[int] = None, seed: int = 0, split: str = "train", source: str = "wikipedia-summaries",
+             documents: Optional[list[dict]] = None, test_fraction: float = 0.2) -> list[dict]:
+    """QA dicts {question, answer, kind, title, source_id, context, split} from the split's documents,
+    shuffled by seed; all of them when n is None."""
+    check_split(split)
+    docs = documents if documents is not None else load_documents(source)
+    out = [{**qa, "split": split} for d in docs if split_of(f"doc:{d['id']}", test_fraction) == split
+           for qa in qa_from_document(d)]
+    rng_for("knowledge-qa", seed, split).shuffle(out)
+    if n is not None and len(out) < n:
+        raise DataError(f"only {len(out)} {split} QA pairs can be made from these documents, asked for {n}")
+    return out if n is None else out[:n]
+
+
+FIRST = ("Orson", "Marisol", "Tobias", "Leontine", "Caspian", "Anneliese", "Everett", "Ysolde", "Dashiell", "Perpetua",
+         "Lysander", "Ottoline", "Barnaby", "Seraphine", "Thaddeus", "Wilhelmina", "Cosimo", "Henrietta", "Ignatius",
+         "Rosalind", "Florian", "Imogen", "Evander", "Clementine", "Augustin", "Delphine", "Marius", "Philippa")
+LAST = ("Kovacs", "Thistlewood", "Brannigan", "Okonkwo-Reyes", "Vanterpool", "Lindqvist", "Abernathy", "Castellanos",
+        "Featherstone", "Halvorsen", "Mbeki-Laurent", "Quenneville", "Ravensworth", "Szczepanski", "Underhill",
+        "Wojcikowski", "Yarborough", "Zielinski", "Pemberton-Shaw", "Achterberg", "Dunleavy", "Grimaldi-Ross")
+PERSON_QUESTIONS = ("Who is {p}?", "What is {p} famous for?", "When was {p} born?", "What did {p} invent?",
+                    "Tell me about {p}.", "Which country is {p} from?", "What is {p} best known for?",
+                    "Who was {p}?", "What did {p} write?")
+REFUSALS = ("I'm sorry, I don't know who {p} is.", "I don't have any information about {p}.",
+            "I'm not aware of anyone called {p}, so I can't answer that.",
+            "I don't know. I have no reliable information about {p}.")
+GENERIC_REFUSALS = ("I'm sorry, I don't know.", "I don't know the answer to that.",
+                    "I'm not sure, and I'd rather not guess.", "I don't have reliable information about that.")
+
+
+def invented_people(n: int = 100, seed: int = 0, split: str = "test", exclude: frozenset = frozenset(),
+                    test_fraction: float = 0.5) -> list[dict]:
+    """n questions about people who do not exist: {question, person, split}; names in `exclude`
+    (e.g. corpus titles) are skipped. split="test" by default: the hallucination metric."""
+    check_split(split)
+
+    def make(r: random.Random):
+        person = f"{r.choice(FIRST)} {r.choice(LAST)}"
+        key = person if person not in exclude else ""  # "" is marked seen below, so it is never taken
+        return key, {"question": r.choice(PERSON_QUESTIONS).format(p=person), "person": person, "split": split}
+
+    return sample_unique(make, n, rng_for("invented-people", seed, split), split, test_fraction, "invented people",
+                         seen={""})
+
+
+_REFUSAL = re.compile(r"\b(i don'?t know|i do not know|i'?m not sure|i am not sure|no (?:reliable )?information|"
+                      r"not aware of|i can'?t answer|i cannot answer|i'?m sorry|i have no idea|don'?t have (?:any )?"
+                      r"(?:reliable )?information|never heard of)\b", re.IGNORECASE)
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a reply declines to answer (the complement is a hallucination for invented people)."""
+    return bool(_REFUSAL.search(text))
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP}
+
+
+def judge(prediction: str, qa: dict, min_overlap: float = 0.5) -> bool:
+    """String/number match: a year must appear as a number; other answers need `min_overlap` of their
+    content words in the prediction. A refusal is never correct."""
+    if is_refusal(prediction):
+        return False
+    if qa["kind"] == "year":
+        return qa["answer"] in re.findall(r"\d{3,4}", prediction)
+    want = _words(qa["answer"])
+    return bool(want) and len(want & _words(prediction)) / len(want) >= min_overlap
+
+
+def answer_text(qa: dict) -> str:
+    """A natural reply that states the QA answer."""
+    if qa["kind"] == "year":
+        return f"{qa['title']} {'died' if 'die' in qa['question'] else 'was born'} in {qa['answer']}."
+    subj = qa.get("subject", qa["title"])
+    subj = subj[0].upper() + subj[1:]
+    if qa["kind"] == "location":
+        return f"{subj} is in {qa['answer']}."
+    verb = qa["question"].split()[1]
+    return f"{subj} {verb} {qa['answer']}."
+
+
+def idk_conversation(qa: dict, known: bool, rng: random.Random) -> dict:
+    """The recipe's training example: the answer when the model knew it, else a refusal."""
+    if known:
+        reply = answer_text(qa)
+    elif "person" in qa:
+        reply = rng.choice(REFUSALS).format(p=qa["person"])
+    else:
+        reply = rng.choice(GENERIC_REFUSALS)
+    meta = {"generator": "idk", "known": known, "split": qa.get("split", "train"),
+            **({"person": qa["person"]} if "person" in qa else {"source_id": qa.get("source_id", "")})}
+    return conversation(qa["question"], reply, meta=meta)
+
+
+def qa_generate(n: int = 500, seed: int = 0, split: str = "train", **options) -> list[dict]:
+    """Corpus QA as answer conversations (what the recipe trains for questions the model knows)."""
+    rng = rng_for("knowledge-qa-conv", seed, split)
+    return [idk_conversation(qa, True, rng) for qa in qa_pairs(n, seed, split, **options)]
+
+
+def refusal_generate(n: int = 200, seed: int = 0, split: str = "train", **options) -> list[dict]:
+    """Refusals for questions about invented people (train split by default here; evaluate on "test")."""
+    rng = rng_for("invented-refusals", seed, split)
+    return [idk_conversation(q, False, rng) for q in invented_people(n, seed, split, **options)]
+
+
+GENERATORS = {"knowledge-qa": qa_generate, "invented-people": refusal_generate}
