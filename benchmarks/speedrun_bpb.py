@@ -43,12 +43,12 @@ def prepare(run_dir: Path | None):
 
 def train_ours(cfg, run_dir: Path, results: dict, minutes: float) -> dict:
     from jaxllm.recipes.pretrain import pretrain
-    from jaxllm.recipes.stages import _model_for
+    from jaxllm.recipes.stages import model_for_tokenizer
 
     tok = Tokenizer.load(results["tokenizer"]["dir"])
     cfg = override(cfg, [f"train.time_budget_s={minutes * 60}", "train.sample_every=0"])
     out = run_dir / f"ours-{int(time.time())}"
-    return pretrain(out, _model_for(cfg.model, tok), cfg.mesh, cfg.optim, cfg.train, cfg.pipeline,
+    return pretrain(out, model_for_tokenizer(cfg.model, tok), cfg.mesh, cfg.optim, cfg.train, cfg.pipeline,
                     results["shards"]["train"]["dir"], results["shards"]["validation"]["dir"], tok, None, cfg.seed)
 
 

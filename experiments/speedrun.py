@@ -4,8 +4,11 @@
     jaxllm run speedrun --depth 6       # the one dial: width, heads, lr and batch follow from depth
     jaxllm run speedrun --set train.time_budget_s=300 --set optim.lr=2e-3
 
-Data: the English Wikipedia summaries plus the unique BoolQ passages (22,312 documents, 12.1 MB),
-fetched from package registries into $JAXLLM_CACHE; 2% of documents (by id hash) are held out.
+Stages: web (real HTML pages from Debian doc packages and e-mails, packed as WARC with planted cases,
+through the FineWeb-style pipeline) → data → tokenizer → shards → pretrain → evaluate → sft → report.
+Data: the English Wikipedia summaries plus the unique BoolQ passages (22,304 documents, 12.1 MB)
+plus the web stage's clean pages, fetched from package registries into $JAXLLM_CACHE; 2% of
+documents (by id hash) are held out.
 """
 from jaxllm.data.pipeline import PipelineConfig
 from jaxllm.data.sources import DataConfig
@@ -24,8 +27,8 @@ def config(depth: int = 4) -> Config:
     hp = tiny_hparams(depth)
     return Config(
         name="speedrun",
-        stages=("data", "tokenizer", "shards", "pretrain", "evaluate", "report"),
-        data=DataConfig(sources=("wikipedia-summaries", "boolq-passages"), val_fraction=0.02),
+        stages=("web", "data", "tokenizer", "shards", "pretrain", "evaluate", "sft", "report"),
+        data=DataConfig(sources=("wikipedia-summaries", "boolq-passages", "web"), val_fraction=0.02),
         tokenizer=TokenizerConfig(vocab_size=VOCAB),
         pipeline=PipelineConfig(seq_len=SEQ_LEN, batch_size=hp["batch_size"], seed=0),
         model=tiny(depth, vocab_size=VOCAB, seq_len=SEQ_LEN),

@@ -24,5 +24,14 @@ def config(depth: int = 2):
         "train.checkpoint_every=6",
         "train.log_every=3",
         "sample.max_new_tokens=8",
+        "web_recipe.pages_per_source=12",
+        "web_recipe.huge_page=false",
+        "sft.mixture=identity:60,arithmetic:60:max_digits=1,tool-python:60",
+        "sft.train.steps=4",
+        "sft.train.eval_every=2",
+        "sft.train.eval_batches=2",
+        "sft.train.checkpoint_every=2",
+        "sft.data.batch_size=8",
+        "sft.eval_trials=2",
     ])
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=512, max_seq_len=64))

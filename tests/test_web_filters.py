@@ -201,6 +201,11 @@ def test_warc_bad_records_are_counted_not_fatal(tmp_path):
     out = [(d["url"] if d else e) for d, e in read_warc(tmp_path / "b.warc.gz")]
     assert out == ["https://example.org/0", "corrupt_record", "https://example.org/2", "truncated_record"]
     assert [e for d, e in read_warc(path, max_bytes=5)] == ["too_large"] * 4
+    # uncompressed WARC: garbage between records and a cut header block
+    (tmp_path / "c.warc").write_bytes(recs[0] + b"garbage\r\n\r\n" * 3 + recs[1] + recs[2][:50] + b"\r\n\r\n" + recs[3])
+    out = [(d["url"] if d else e) for d, e in read_warc(tmp_path / "c.warc")]
+    assert out == ["https://example.org/0", "corrupt_record", "https://example.org/1", "corrupt_record",
+                   "https://example.org/3"]
     (tmp_path / "empty.warc.gz").write_bytes(b"")
     assert list(read_warc(tmp_path / "empty.warc.gz")) == []
 

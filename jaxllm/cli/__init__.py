@@ -6,7 +6,7 @@ import importlib
 import sys
 
 # subcommand modules (jaxllm/cli/<name>.py); each registers its parser and sets `func(args) -> int`
-COMMANDS = ("run", "data", "tokenizer", "sample", "web", "chat", "serve", "eval", "plan")
+COMMANDS = ("run", "data", "tokenizer", "sample", "sft", "web", "chat", "serve", "eval", "plan", "launch")
 
 
 def build_parser() -> argparse.ArgumentParser:

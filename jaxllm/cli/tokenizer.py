@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Iterator
 
 from jaxllm.tokenizer import ENCODINGS, TokenizerConfig, load_encoding, load_tokenizer, train_tokenizer
-from jaxllm.tokenizer.core import Tokenizer
 
 _COLORS = (44, 42, 43, 45, 46, 41)  # ANSI backgrounds cycled over the pieces, as in the tiktokenizer app
 

@@ -320,14 +320,15 @@ class FitStats:
     fit: int = 0  # rendered whole
     split: int = 0  # too long: cut at turn boundaries into `pieces` pieces
     pieces: int = 0
-    dropped: int = 0  # a single user+assistant exchange is longer than the context
+    dropped: int = 0  # overlong="drop", or no exchange fits on its own
+    skipped_exchanges: int = 0  # exchanges left out of split conversations: alone longer than the context
     tokens: int = 0
     trained_tokens: int = 0
 
     def summary(self) -> str:
         return (f"{self.conversations} conversations: {self.fit} fit, {self.split} split into {self.pieces} "
-                f"pieces at turn boundaries, {self.dropped} dropped (one exchange longer than the context); "
-                f"{self.tokens} tokens, {self.trained_tokens} trained")
+                f"pieces at turn boundaries ({self.skipped_exchanges} exchanges longer than the context left "
+                f"out), {self.dropped} dropped; {self.tokens} tokens, {self.trained_tokens} trained")
 
 
 def fit_conversation(conversation: dict, tokenizer, template: str | ChatTemplate, max_tokens: int,
@@ -335,9 +336,9 @@ def fit_conversation(conversation: dict, tokenizer, template: str | ChatTemplate
                      stats: FitStats | None = None) -> list[tuple[list[int], list[int]]]:
     """Render a conversation into pieces of at most `max_tokens` ids, never cutting inside a turn.
 
-    A conversation that does not fit is split before a user turn (each piece keeps the system prompt
-    and the BOS) when overlong="split", or dropped when overlong="drop"; an exchange that cannot fit
-    on its own is dropped. Counts go to `stats`.
+    A conversation that does not fit is split before user turns into as few pieces as fit (each keeps
+    the system prompt and the BOS) when overlong="split", or dropped when overlong="drop"; an exchange
+    that cannot fit on its own is left out and counted. Counts go to `stats`.
     """
     if overlong not in ("split", "drop"):
         raise DataError(f"overlong={overlong!r}: use 'split' or 'drop'")
@@ -347,34 +348,26 @@ def fit_conversation(conversation: dict, tokenizer, template: str | ChatTemplate
     enc = _Encoder(tokenizer, t)
     turns = _with_default_system(to_turns(conversation, where, "assistant"), t)
     ids, mask, _ = render_turns(turns, tokenizer, t, encoder=enc)
-    out = []
+    head = turns[:1] if turns[0].role == "system" else []
+    size = lambda ts: len(render_turns(head + ts, tokenizer, t, encoder=enc)[0])  # noqa: E731
+    out, pieces, current = [], [], []
     if len(ids) <= max_tokens:
         stats.fit += 1
         out = [(ids, mask)]
     elif overlong == "split":
-        head = turns[:1] if turns[0].role == "system" else []
         body = turns[len(head):]
-        exchanges = [body[i:i + 2] for i in range(0, len(body), 2)]  # (user, assistant) pairs
-        current: list[Turn] = []
-        for ex in exchanges:
-            for candidate in (current + ex, ex):
-                r = render_turns(head + candidate, tokenizer, t, encoder=enc)
-                if len(r[0]) <= max_tokens:
-                    if candidate is ex and current:
-                        out.append(render_turns(head + current, tokenizer, t, encoder=enc)[:2])
-                    current = candidate
-                    break
-            else:  # this exchange alone does not fit: flush what we have and skip it
-                if current:
-                    out.append(render_turns(head + current, tokenizer, t, encoder=enc)[:2])
-                current = []
-        if current:
-            out.append(render_turns(head + current, tokenizer, t, encoder=enc)[:2])
-        if out:
-            stats.split += 1
-            stats.pieces += len(out)
-        else:
-            stats.dropped += 1
+        for ex in (body[i:i + 2] for i in range(0, len(body), 2)):  # (user, assistant) exchanges, greedily
+            if size(current + ex) <= max_tokens:
+                current = current + ex
+                continue
+            pieces += [current] if current else []
+            current = ex if size(ex) <= max_tokens else []
+            stats.skipped_exchanges += not current
+        pieces += [current] if current else []
+        out = [render_turns(head + p, tokenizer, t, encoder=enc)[:2] for p in pieces]
+        stats.split += bool(out)
+        stats.pieces += len(out)
+        stats.dropped += not out
     else:
         stats.dropped += 1
     for i, m in out:

@@ -165,7 +165,8 @@ def generate(
     lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
     cache = init_cache(cfg, len(prompts), padded_len + max_new_tokens)
     logits, cache = prefill(params, cfg, jnp.asarray(tokens), lengths, cache)
-    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    stops = list(stop_ids) + [-1] * (_bucket(max(len(stop_ids), 1), 8) - len(stop_ids))  # fixed shape, no recompiles
+    stops = jnp.asarray(stops, jnp.int32)
     out, out_lp, n_gen = _generate_loop(
         params, cfg, cache, logits, jax.random.key(seed), jnp.float32(temperature), jnp.int32(top_k),
         jnp.float32(top_p), stops, jnp.int32(pad_id), max_new_tokens,

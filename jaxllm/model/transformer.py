@@ -9,6 +9,7 @@ so jaxllm.parallel's rules table alone decides the sharding.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
@@ -45,10 +46,13 @@ def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
 
 
 class Proj(nn.Module):
-    """A linear map as one einsum; kernel [*in, *out] and optional bias [*out]."""
+    """A linear map; kernel [*in, *out] and optional bias [*out].
+
+    Computed as one 2-D matmul on flattened dims (XLA:CPU runs that ~1.4x faster than the
+    equivalent multi-dim einsum).
+    """
 
     cfg: ModelConfig
-    equation: str  # e.g. "bld,dhk->blhk"
     kernel_shape: tuple
     kernel_axes: tuple
     n_out: int  # how many trailing kernel dims are outputs (bias shape)
@@ -58,11 +62,13 @@ class Proj(nn.Module):
     def __call__(self, x: Array) -> Array:
         dt = _dt(self.cfg.dtype)
         kernel = _param(self, "kernel", nn.initializers.normal(self.std), self.kernel_shape, self.kernel_axes)
-        y = jnp.einsum(self.equation, x.astype(dt), kernel.astype(dt))
+        in_shape, out_shape = self.kernel_shape[: -self.n_out], self.kernel_shape[-self.n_out:]
+        n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+        lead = x.shape[: x.ndim - len(in_shape)]
+        y = x.astype(dt).reshape(*lead, n_in) @ kernel.astype(dt).reshape(n_in, n_out)
         if self.cfg.use_bias:
-            out_shape, out_axes = self.kernel_shape[-self.n_out:], self.kernel_axes[-self.n_out:]
-            y = y + _param(self, "bias", nn.initializers.zeros, out_shape, out_axes).astype(dt)
-        return y
+            y = y + _param(self, "bias", nn.initializers.zeros, out_shape, self.kernel_axes[-self.n_out:]).astype(dt).reshape(n_out)
+        return y.reshape(*lead, *out_shape)
 
 
 class Norm(nn.Module):
@@ -90,9 +96,9 @@ class Attention(nn.Module):
         cfg = self.cfg
         d, h, kvh, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
         std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
-        q = Proj(cfg, "bld,dhk->blhk", (d, h, hd), ("embed", "heads", "head_dim"), 2, std, name="q")(x)
-        k = Proj(cfg, "bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="k")(x)
-        v = Proj(cfg, "bld,dhk->blhk", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="v")(x)
+        q = Proj(cfg, (d, h, hd), ("embed", "heads", "head_dim"), 2, std, name="q")(x)
+        k = Proj(cfg, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="k")(x)
+        v = Proj(cfg, (d, kvh, hd), ("embed", "kv_heads", "head_dim"), 2, std, name="v")(x)
         q = _constrain(q, ("batch", "length", "heads", "head_dim"))  # [batch, length, heads, head_dim]
         k = _constrain(k, ("batch", "length", "kv_heads", "head_dim"))
         v = _constrain(v, ("batch", "length", "kv_heads", "head_dim"))
@@ -110,13 +116,14 @@ class Attention(nn.Module):
             k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype), mode="drop")
             v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype), mode="drop")
             slots = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (x.shape[0], k_cache.shape[1]))
+            # decoding needs an arbitrary (position) mask, which the cuDNN flash kernel does not take
             out = layers.attention(
                 q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), q_positions=positions,
-                kv_positions=slots, impl=cfg.attention_impl,
+                kv_positions=slots, impl="xla" if cfg.attention_impl == "cudnn" else cfg.attention_impl,
             )
             new_cache = (k_cache, v_cache)
         out = _constrain(out, ("batch", "length", "heads", "head_dim"))
-        y = Proj(cfg, "blhk,hkd->bld", (h, hd, d), ("heads", "head_dim", "embed"), 1, out_std, name="o")(out)
+        y = Proj(cfg, (h, hd, d), ("heads", "head_dim", "embed"), 1, out_std, name="o")(out)
         return y, new_cache
 
 
@@ -130,14 +137,14 @@ class Mlp(nn.Module):
         cfg = self.cfg
         d, f = cfg.d_model, cfg.d_ff
         std, out_std = cfg.init_std, cfg.init_std / (2 * cfg.n_layers) ** 0.5
-        up = Proj(cfg, "bld,df->blf", (d, f), ("embed", "mlp"), 1, std, name="up")(x)
+        up = Proj(cfg, (d, f), ("embed", "mlp"), 1, std, name="up")(x)
         if cfg.family == "llama":
-            gate = Proj(cfg, "bld,df->blf", (d, f), ("embed", "mlp"), 1, std, name="gate")(x)
+            gate = Proj(cfg, (d, f), ("embed", "mlp"), 1, std, name="gate")(x)
             hidden = jax.nn.silu(gate) * up
         else:
             hidden = jax.nn.gelu(up, approximate=True)
         hidden = _constrain(hidden, ("batch", "length", "mlp"))  # [batch, length, mlp]
-        return Proj(cfg, "blf,fd->bld", (f, d), ("mlp", "embed"), 1, out_std, name="down")(hidden)
+        return Proj(cfg, (f, d), ("mlp", "embed"), 1, out_std, name="down")(hidden)
 
 
 class Block(nn.Module):

@@ -21,8 +21,10 @@ import jax
 from jaxllm.config import ConfigError, from_dict, load_python_file, override, resolve_function, to_dict, to_json
 from jaxllm.data.pipeline import PipelineConfig
 from jaxllm.data.sources import DataConfig
+from jaxllm.data.web import RecipeConfig, WebConfig
 from jaxllm.model import ModelConfig
 from jaxllm.parallel import MeshConfig
+from jaxllm.recipes.sft import SFTConfig
 from jaxllm.tokenizer import TokenizerConfig
 from jaxllm.train.optim import OptimConfig
 from jaxllm.train.step import TrainConfig
@@ -53,15 +55,20 @@ class Config:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    web: WebConfig = WebConfig()
+    web_recipe: RecipeConfig = RecipeConfig(pages_per_source=100)
+    sft: SFTConfig = SFTConfig()
     notes: str = ""
 
 
 STAGES: dict[str, str] = {
+    "web": "jaxllm.recipes.stages:web_stage",
     "data": "jaxllm.recipes.stages:data_stage",
     "tokenizer": "jaxllm.recipes.stages:tokenizer_stage",
     "shards": "jaxllm.recipes.stages:shards_stage",
     "pretrain": "jaxllm.recipes.stages:pretrain_stage",
     "evaluate": "jaxllm.recipes.stages:evaluate_stage",
+    "sft": "jaxllm.recipes.sft:sft_stage",
     "report": "jaxllm.recipes.report:report_stage",
 }
 

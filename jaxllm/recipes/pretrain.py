@@ -13,12 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxllm.data.pipeline import PipelineConfig, make_eval_batches, make_pretrain_iterator
+from jaxllm.data.pipeline import PipelineConfig, make_eval_batches
 from jaxllm.eval.bpb import evaluate_loss_and_bpb, token_byte_lengths
 
 from jaxllm.model import ModelConfig, Transformer
 from jaxllm.model.config import flops_per_token, param_count
 from jaxllm.parallel import LOGICAL_RULES, MeshConfig, make_mesh
+from jaxllm.parallel.distributed import global_batch_iterator
 from jaxllm.train.checkpoint import Checkpointer, abstract_like
 from jaxllm.train.metrics import MetricsWriter, device_peak_flops, plot_curves, read_metrics
 from jaxllm.train.optim import OptimConfig, learning_rate_schedule, make_optimizer
@@ -91,23 +92,41 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
              train: TrainConfig, pipeline: PipelineConfig, train_shards: str, val_shards: str, tokenizer,
              sample_cfg=None, seed: int = 0) -> dict:
     """Train from scratch (or resume from `out_dir/checkpoints`) and return final metrics."""
+    trainer = Trainer.create(model_cfg, mesh_cfg, optim, train, seed)
+    data_iter = global_batch_iterator(train_shards, pipeline)  # same global batches on any process count
+    eval_batches = list(make_eval_batches(val_shards, pipeline, train.eval_batches))
+
+    def samples(params, step):
+        if sample_cfg is None:
+            return []
+        return sample_texts(params, model_cfg, tokenizer, sample_cfg.prompts, sample_cfg.max_new_tokens,
+                            sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p, seed=sample_cfg.seed + step)
+
+    return train_loop(out_dir, trainer, data_iter, eval_batches, token_byte_lengths(tokenizer), train,
+                      tokens_per_step=pipeline.batch_size * pipeline.seq_len,  # batch_size is global rows per step
+                      flops_per_tok=flops_per_token(model_cfg, pipeline.seq_len), sample_fn=samples,
+                      title="pretraining") | {"params": param_count(model_cfg)}
+
+
+def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[dict], byte_lengths: np.ndarray,
+               train: TrainConfig, tokens_per_step: int, flops_per_tok: float,
+               sample_fn: Callable[[object, int], list[str]] | None = None, title: str = "training") -> dict:
+    """Steps, logging, validation, samples and checkpoints around `trainer`; resumes from `out_dir/checkpoints`.
+
+    Shared by pretraining and SFT: the data iterator (a grain iterator, restored in place) decides
+    what is trained on. Per-step losses go to metrics.jsonl; a killed run resumes to the same numbers.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer.create(model_cfg, mesh_cfg, optim, train, seed)
-    data_iter = make_pretrain_iterator(train_shards, pipeline, jax.process_index(), jax.process_count())
     ckpt = Checkpointer(out_dir / "checkpoints", keep=train.keep_checkpoints, async_save=train.async_checkpointing)
     restored = ckpt.restore(abstract_like(trainer.state, trainer.shardings), data_iter)
     step, elapsed = 0, 0.0
     if restored is not None:
         step, trainer.state, meta = restored
         elapsed = float(meta.get("train_seconds", 0.0))
-        print(f"[jaxllm] resumed from checkpoint at step {step}")
+        print(f"[jaxllm] {title}: resumed from checkpoint at step {step}")
     metrics = MetricsWriter(out_dir, resume_step=step)
-    byte_lengths = token_byte_lengths(tokenizer)
-    eval_batches = list(make_eval_batches(val_shards, pipeline, train.eval_batches))
-    flops_tok = flops_per_token(model_cfg, pipeline.seq_len)
-    peak = device_peak_flops()
-    tokens_per_step = pipeline.batch_size * pipeline.seq_len * jax.process_count()
+    flops_over_peak = flops_per_tok / device_peak_flops()
 
     def validate(step):
         ev = trainer.evaluate(eval_batches, byte_lengths)
@@ -115,20 +134,25 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
         return ev
 
     def samples(step):
-        if sample_cfg is None:
-            return []
-        texts = sample_texts(trainer.state.params, model_cfg, tokenizer, sample_cfg.prompts, sample_cfg.max_new_tokens,
-                             sample_cfg.temperature, sample_cfg.top_k, sample_cfg.top_p, seed=sample_cfg.seed + step)
-        metrics.write(step, samples=texts)
-        for t in texts:
-            tqdm.write(f"  step {step} sample: {t!r}")
+        texts = sample_fn(trainer.state.params, step) if sample_fn else []
+        if texts:
+            metrics.write(step, samples=texts)
+            for t in texts:
+                tqdm.write(f"  step {step} sample: {t!r}")
         return texts
+
+    def flush(pending, rate=None):
+        for (s, _), hm in zip(pending, jax.device_get([m for _, m in pending])):
+            extra = {"tokens_per_s": rate, "mfu": rate * flops_over_peak} if rate else {}
+            metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]),
+                          lr=float(trainer.schedule(s - 1)), **extra)
+        return float(hm["loss"])
 
     try:
         if step == 0 and train.sample_every:
             samples(0)
         pending: list[tuple[int, dict]] = []
-        bar = tqdm(total=train.steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=train.steps, initial=step, desc=title, unit="step", dynamic_ncols=True)
         t_last, step_last = time.perf_counter(), step
         stopped_by_budget = False
         saved_step = step
@@ -137,26 +161,19 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
                 stopped_by_budget = True
                 break
             t0 = time.perf_counter()
-            batch = next(data_iter)
-            m = trainer.step(batch)
+            m = trainer.step(next(data_iter))
             step += 1
             pending.append((step, m))
             last = step == train.steps
             if step % train.log_every == 0 or last:
-                host = jax.device_get([mm for _, mm in pending])
                 now = time.perf_counter()
                 rate = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
-                for (s, _), hm in zip(pending, host):
-                    metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]),
-                                  lr=float(trainer.schedule(s - 1)), tokens_per_s=rate,
-                                  mfu=rate * flops_tok / peak)
-                loss = float(host[-1]["loss"])
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {step}; lower optim.lr or check the data")
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{rate * flops_tok / peak:.1%}")
+                loss = flush(pending, rate)
                 pending = []
-            jax.block_until_ready(trainer.state.step) if last else None
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate or check the data")
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{rate * flops_over_peak:.1%}")
             elapsed += time.perf_counter() - t0
             bar.update(1)
             if train.eval_every and (step % train.eval_every == 0 or last):
@@ -169,19 +186,17 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
                 saved_step = step
         bar.close()
         if pending:  # stopped by the time budget between log points
-            for (s, _), hm in zip(pending, jax.device_get([mm for _, mm in pending])):
-                metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]), lr=float(trainer.schedule(s - 1)))
+            flush(pending)
         if saved_step != step:
             ckpt.save(step, trainer.state, data_iter, {"train_seconds": elapsed, "step": step}, force=True)
         final = validate(step)
         final_samples = samples(step)
         records = read_metrics(out_dir / "metrics.jsonl")
         if jax.process_index() == 0:
-            plot_curves(records, ["loss", "val_loss"], out_dir / "loss.png", title="pretraining loss (nats/token)")
+            plot_curves(records, ["loss", "val_loss"], out_dir / "loss.png", title=f"{title} loss (nats/token)")
             plot_curves(records, ["val_bpb"], out_dir / "val_bpb.png", title="validation bits per byte")
-        n_params = param_count(model_cfg)
         return {"steps": step, "train_seconds": round(elapsed, 1), "val_loss": final["loss"], "val_bpb": final["bpb"],
-                "params": n_params, "samples": final_samples, "stopped_by_time_budget": stopped_by_budget}
+                "samples": final_samples, "stopped_by_time_budget": stopped_by_budget}
     finally:
         ckpt.close()  # never exit with an async save in flight
         metrics.close()

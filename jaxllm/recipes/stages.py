@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 from jaxllm.data import sources
 from jaxllm.data.pipeline import make_eval_batches
 from jaxllm.data.shards import ShardSource, read_manifest, write_shards
+from jaxllm.data.web import register_output, run_pipeline
+from jaxllm.data.web.recipe import build_warcs
 from jaxllm.eval.bpb import token_byte_lengths, unigram_bpb
 from jaxllm.recipes.experiment import RunContext
 from jaxllm.recipes.pretrain import load_params, pretrain, sample_texts
@@ -22,12 +25,30 @@ from jaxllm.tokenizer import Tokenizer, train_tokenizer
 
 
 def _documents(ctx: RunContext, split: str):
+    register_web_output(ctx)
     return sources.documents(ctx.cfg.data, split)
+
+
+def register_web_output(ctx: RunContext) -> None:
+    """Make the web stage's output the data source `web` (also when a resumed run skips that stage)."""
+    if "web" in ctx.cfg.stages:
+        register_output("web", ctx.run_dir / "web" / "output")
+
+
+def web_stage(ctx: RunContext) -> dict:
+    """Real pages packed as WARC (+ planted cases) → the FineWeb-style pipeline → clean JSONL documents."""
+    out = ctx.stage_dir("web")
+    warcs = build_warcs(ctx.cfg.web_recipe, out / "input")
+    stats = run_pipeline(ctx.cfg.web, warcs, out / "output", num_workers=os.cpu_count() or 1)
+    table = (out / "output" / "stats.md").read_text() if (out / "output" / "stats.md").exists() else ""
+    return {"docs_in": stats.get("docs_in"), "docs_out": stats.get("docs_out"), "stages": stats.get("stages"),
+            "report_md": "## Web data (FineWeb-style pipeline)\n\n" + table}
 
 
 def data_stage(ctx: RunContext) -> dict:
     """Fetch every source of the mixture into the cache and count documents and bytes per split."""
     stats: dict = {}
+    register_web_output(ctx)
     for name in ctx.cfg.data.sources:
         source = sources.get_source(name)
         source.fetch()
@@ -75,14 +96,14 @@ def shards_stage(ctx: RunContext) -> dict:
 def pretrain_stage(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     tok = Tokenizer.load(ctx.results["tokenizer"]["dir"])
-    model_cfg = _model_for(cfg.model, tok)
+    model_cfg = model_for_tokenizer(cfg.model, tok)
     shards = ctx.results["shards"]
     result = pretrain(ctx.stage_dir("pretrain"), model_cfg, cfg.mesh, cfg.optim, cfg.train, cfg.pipeline,
                       shards["train"]["dir"], shards["validation"]["dir"], tok, cfg.sample, seed=cfg.seed)
     return result
 
 
-def _model_for(model_cfg, tok):
+def model_for_tokenizer(model_cfg, tok):
     """The model config with its vocabulary fitted to the trained tokenizer."""
     if model_cfg.vocab_size != tok.n_vocab:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.n_vocab)
@@ -101,7 +122,7 @@ def evaluate_stage(ctx: RunContext) -> dict:
     byte_lengths = token_byte_lengths(tok)
     batches = list(make_eval_batches(shards["validation"]["dir"], cfg.pipeline, cfg.train.eval_batches))
     baseline = unigram_bpb(counts, batches, byte_lengths)
-    model_cfg = _model_for(cfg.model, tok)
+    model_cfg = model_for_tokenizer(cfg.model, tok)
     params = load_params(ctx.run_dir / "pretrain", model_cfg, cfg.optim, cfg.mesh)
     prefix = cfg.sample.prompts[0] if cfg.sample.prompts else "The"
     resamples = sample_texts(params, model_cfg, tok, [prefix] * 4, cfg.sample.max_new_tokens,

@@ -33,7 +33,8 @@ class Checkpointer:
              force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta or {})}
         if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+            save = getattr(data_iter, "checkpoint_save", None)  # iterators with their own handler
+            items["data_iter"] = save() if save else grain.checkpoint.CheckpointSave(data_iter)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def steps(self) -> list[int]:
@@ -48,7 +49,8 @@ class Checkpointer:
         for step in reversed(self.steps()):
             items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
             if data_iter is not None:
-                items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+                restore = getattr(data_iter, "checkpoint_restore", None)
+                items["data_iter"] = restore() if restore else grain.checkpoint.CheckpointRestore(data_iter)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # corrupted/partial files: fall back to the previous checkpoint

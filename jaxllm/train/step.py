@@ -86,18 +86,24 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, gr
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": aux["nll_sum"] / tokens, "objective": loss_sum / tokens,
-                   "grad_norm": optax.global_norm(grads), "tokens": aux["tokens"]}
+                   "grad_norm": optax.global_norm(grads), "tokens": aux["tokens"],
+                   **{k: v / tokens for k, v in aux["metrics"].items()}}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
 
 def _summed_loss(loss_fn: LossFn, params, batch):
-    """Token-summed loss so micro-batches with different token counts combine exactly."""
+    """Token-summed loss so micro-batches with different token counts combine exactly.
+
+    Scalars a loss returns under aux["metrics"] (e.g. RL's KL, entropy, clip fraction) are
+    token-weighted the same way and come out of the step as metrics.
+    """
     loss, aux = loss_fn(params, batch)
     tokens = jnp.sum(batch["loss_mask"]).astype(jnp.float32)
     nll = aux.get("nll", loss)
-    return loss * tokens, {"tokens": tokens, "nll_sum": nll * tokens}
+    extra = {k: jnp.asarray(v, jnp.float32) * tokens for k, v in aux.get("metrics", {}).items()}
+    return loss * tokens, {"tokens": tokens, "nll_sum": nll * tokens, "metrics": extra}
 
 
 def make_eval_step(loss_fn: LossFn):

@@ -48,14 +48,17 @@ def rng_for(name: str, seed: int, split: str) -> random.Random:
 
 
 def sample_unique(make: Callable[[random.Random], tuple[str, object]], n: int, rng: random.Random, split: str,
-                  test_fraction: float, what: str, max_tries: int = 200, seen: set | None = None) -> list:
-    """n items from `make(rng) -> (key, item)` whose key is in `split` and not seen before."""
+                  test_fraction: float, what: str, max_tries: int = 200, seen: set | None = None,
+                  split_fn: Optional[Callable[[str], str]] = None) -> list:
+    """n items from `make(rng) -> (key, item)` whose key is in `split` (by `split_fn`, default the hash
+    of the key) and not seen before."""
     seen, out = set(seen or ()), []
+    split_fn = split_fn or (lambda key: split_of(key, test_fraction))
     tries = 0
     while len(out) < n:
         key, item = make(rng)
         tries += 1
-        if key in seen or split_of(key, test_fraction) != split:
+        if key in seen or split_fn(key) != split:
             if tries > max_tries * max(n, 10):
                 raise DataError(f"{what}: only {len(out)} distinct {split} items exist with these options, "
                                 f"asked for {n}; lower n or widen the options")
@@ -92,8 +95,9 @@ def get_generator(name: str) -> Generator:
     return reg[name]
 
 
-def generate(name: str, n: Optional[int] = None, seed: int = 0, split: str = "train", **options) -> list[dict]:
-    """Conversations from the named generator (n=None: the generator's default count)."""
+def generate(name: str, /, n: Optional[int] = None, seed: int = 0, split: str = "train", **options) -> list[dict]:
+    """Conversations from the named generator (n=None: the generator's default count); `name` is
+    positional-only so that options may use it (identity's name=...)."""
     check_split(split)
     fn = get_generator(name)
     try:
@@ -103,4 +107,20 @@ def generate(name: str, n: Optional[int] = None, seed: int = 0, split: str = "tr
         raise DataError(f"generator {name!r}: {e}; options: {', '.join(inspect.signature(fn).parameters)}") from e
 
 
-__all__ = ["conversation", "split_of", "generate", "generator_names", "get_generator", "write_jsonl"]
+def write_mixture(out_dir, counts: dict, seed: int = 0, split: str = "train") -> tuple[str, ...]:
+    """Write one JSONL per generator into `out_dir` and return the paths (for SFTDataConfig.files).
+
+    `counts` maps a generator name to n, or to (n, {options}), e.g.
+    {"identity": 300, "arithmetic": (2000, {"max_digits": 2}), "tool-python": 800}.
+    """
+    from pathlib import Path
+
+    paths = []
+    for name, spec in counts.items():
+        n, options = spec if isinstance(spec, tuple) else (spec, {})
+        paths.append(str(write_jsonl(generate(name, n, seed=seed, split=split, **options),
+                                     Path(out_dir) / f"{name}-{split}.jsonl")))
+    return tuple(paths)
+
+
+__all__ = ["conversation", "split_of", "generate", "generator_names", "get_generator", "write_jsonl", "write_mixture"]

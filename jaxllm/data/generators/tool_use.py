@@ -180,7 +180,7 @@ def search_generate(n: int = 300, seed: int = 0, split: str = "train", source: s
         hits = [doc] + others
         rng.shuffle(hits)
         results = format_search_results((title_of(d), first_sentence(d["text"], 300)) for d in hits)
-        q = rng.choice(("Tell me about {t}.", "What is {t}?", "Can you look up {t} for me?",
+        q = rng.choice(("Tell me about {t}.", "What do you know about {t}?", "Can you look up {t} for me?",
                         "I need a quick fact about {t}.", "Search for {t} and summarize it in one sentence.")).format(t=title)
         parts = [{"type": "text", "text": rng.choice(("Let me search for that.", "I'll look it up.",
                                                       "Let me check the search tool."))},

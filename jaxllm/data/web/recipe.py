@@ -101,7 +101,8 @@ def real_pages(cfg: RecipeConfig) -> list[dict]:
         if name == "spam":
             pages += _email_pages(pkg, root, cfg.pages_per_source)
         elif name == "handbook":
-            per_lang = max(cfg.pages_per_source // max(len(cfg.handbook_languages), 1), 1)
+            per_lang = 0 if cfg.pages_per_source <= 0 else max(
+                cfg.pages_per_source // max(len(cfg.handbook_languages), 1), 1)
             for lang in cfg.handbook_languages:
                 pages += _html_pages(pkg, root, per_lang, lang)
         else:

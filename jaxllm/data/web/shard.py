@@ -85,9 +85,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _jsonl_gz(docs: list[Doc]) -> bytes:
-    body = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode()
-    return gzip.compress(body, compresslevel=6, mtime=0)
+class JsonlGzWriter:
+    """Stream documents into `path` (.jsonl.gz) via a temp file renamed on close: never a partial shard.
+
+    The gzip header has no name or time, so the same documents give the same bytes.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        self.raw = open(self.tmp, "wb")
+        self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, compresslevel=6, mtime=0)
+
+    def write(self, doc: Doc) -> None:
+        self.gz.write((json.dumps(doc, ensure_ascii=False) + "\n").encode())
+
+    def close(self) -> None:
+        self.gz.close()
+        self.raw.flush()
+        os.fsync(self.raw.fileno())
+        self.raw.close()
+        os.replace(self.tmp, self.path)
 
 
 def filter_shard(index: int, path: str, cfg: WebConfig, work: str) -> str:
@@ -97,8 +115,9 @@ def filter_shard(index: int, path: str, cfg: WebConfig, work: str) -> str:
     if stats_path.exists():
         return str(stats_path)
     st = Stats(cfg)
-    kept, entries = [], []
+    entries: list[tuple[int, int, int]] = []
     steps = stage_list(cfg)
+    kept = JsonlGzWriter(work_dir / f"{shard_name(index)}.docs.jsonl.gz")
     for record, (doc, error) in enumerate(read_input(Path(path), cfg)):
         order = (index << ORDER_BITS) | record
         st.d["docs_in"] += 1
@@ -119,9 +138,9 @@ def filter_shard(index: int, path: str, cfg: WebConfig, work: str) -> str:
             if doc["meta"].get("charset_note"):
                 st.note(doc["meta"]["charset_note"])
             doc["meta"]["order"] = order
-            kept.append(doc)
+            kept.write(doc)
             entries += dedup.doc_entries(doc["text"], order, cfg.dedup)
-    _atomic_write(work_dir / f"{shard_name(index)}.docs.jsonl.gz", _jsonl_gz(kept))
+    kept.close()
     arr = dedup.entries_array(entries)
     tmp = work_dir / f"{shard_name(index)}.entries.tmp-{os.getpid()}.npy"
     np.save(tmp, arr)
@@ -141,7 +160,8 @@ def finish_shard(index: int, cfg: WebConfig, work: str, out: str, removed: dict[
     if stats_path.exists() and (out_dir / "docs" / f"{shard_name(index)}.jsonl.gz").exists():
         return str(stats_path)
     st = Stats(cfg)
-    docs = []
+    (out_dir / "docs").mkdir(parents=True, exist_ok=True)
+    docs = JsonlGzWriter(out_dir / "docs" / f"{shard_name(index)}.jsonl.gz")
     with gzip.open(work_dir / f"{shard_name(index)}.docs.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)
@@ -155,10 +175,9 @@ def finish_shard(index: int, cfg: WebConfig, work: str, out: str, removed: dict[
                 for kind, n in doc["meta"].get("pii", {}).items():
                     st.d["pii"][kind] = st.d["pii"].get(kind, 0) + n
             meta = {k: v for k, v in doc["meta"].items() if k != "order"}
-            docs.append({"id": doc["id"], "url": doc["url"], "text": doc["text"], "meta": meta})
+            docs.write({"id": doc["id"], "url": doc["url"], "text": doc["text"], "meta": meta})
             st.d["docs_out"] += 1
             st.d["bytes_out"] += len(doc["text"].encode())
-    (out_dir / "docs").mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "docs" / f"{shard_name(index)}.jsonl.gz", _jsonl_gz(docs))
+    docs.close()
     _atomic_write(stats_path, json.dumps(st.d).encode())
     return str(stats_path)

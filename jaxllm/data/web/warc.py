@@ -77,6 +77,8 @@ def _http_header(rec: WarcRecord, name: str) -> Optional[str]:
 def record_to_doc(rec: WarcRecord, source: str, index: int) -> tuple[Optional[Doc], Optional[str]]:
     """One WARC record to a raw document {id, url, raw, meta}; raw is the HTTP body bytes."""
     url = rec.headers.get("WARC-Target-URI") or ""
+    if not url:  # required for response/resource records: the header block is damaged
+        return None, "corrupt_record"
     expected = rec.content_length
     body = rec.reader.read()
     if len(body) < expected:
