@@ -20,8 +20,8 @@ def random_model(max_seq_len: int = 256, d_model: int = 64, n_layers: int = 2, s
     tok = byte_tokenizer()
     cfg = ModelConfig(vocab_size=tok.n_vocab, max_seq_len=max_seq_len, d_model=d_model, n_layers=n_layers,
                       n_heads=4, n_kv_heads=2, d_ff=2 * d_model, init_std=0.3)
-    params = jax.jit(lambda k: nn.unbox(Transformer(cfg).init(k, jnp.zeros((1, 4), jnp.int32))["params"]))(
-        jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, lambda path, shape: rng.normal(0.0, cfg.init_std, shape))
     return ChatModel("tiny-random", cfg, params, tok, "jaxllm", stop_ids=())
 
 
@@ -35,14 +35,7 @@ def scripted_model(script: list, name: str = "tiny-scripted") -> ChatModel:
     vocab = tok.n_vocab
     cfg = ModelConfig(vocab_size=vocab, max_seq_len=256, d_model=272, n_layers=1, n_heads=2, n_kv_heads=2,
                       d_ff=16, tie_embeddings=False)
-    params = jax.jit(lambda k: nn.unbox(Transformer(cfg).init(k, jnp.zeros((1, 4), jnp.int32))["params"]))(
-        jax.random.key(0))
-
-    def zero_outputs(path, x):
-        names = {getattr(p, "key", None) for p in path}
-        return jnp.zeros_like(x) if names & {"o", "down"} else x
-
-    params = jax.tree_util.tree_map_with_path(zero_outputs, params)
+    params = init_params(cfg, lambda path, shape: np.zeros(shape))  # zero attention and MLP: identity blocks
     params["embed"]["embedding"] = jnp.eye(vocab, cfg.d_model, dtype=jnp.float32)
     head = np.zeros((cfg.d_model, vocab), np.float32)
     for a, b in ids:
@@ -50,6 +43,20 @@ def scripted_model(script: list, name: str = "tiny-scripted") -> ChatModel:
     params["lm_head"]["kernel"] = jnp.asarray(head)
     stop = (tok.special_ids["<|im_end|>"],)
     return ChatModel(name, cfg, params, tok, "jaxllm", stop_ids=stop)
+
+
+def init_params(cfg: ModelConfig, fill) -> dict:
+    """Params with Transformer(cfg)'s exact tree, filled by fill(path, shape) without compiling an init
+    (norm scales are ones)."""
+    shapes = jax.eval_shape(lambda: nn.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+                                             ["params"]))
+
+    def make(path, s):
+        if getattr(path[-1], "key", None) == "scale":
+            return jnp.ones(s.shape, s.dtype)
+        return jnp.asarray(fill(path, s.shape), s.dtype)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
 
 
 def _id(tok: Tokenizer, t) -> int:

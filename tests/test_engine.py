@@ -17,7 +17,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 @pytest.fixture(scope="module")
 def tiny():
     model = random_model()
-    engine = Engine(model, EngineConfig(max_batch=4, max_len=256, min_bucket=16))
+    engine = Engine(model, EngineConfig(max_batch=4, max_len=256, min_bucket=32))
     yield model, engine
     engine.close()
 
@@ -84,9 +84,9 @@ def test_bad_requests_raise_and_engine_keeps_serving(tiny):
 def test_shapes_are_bucketed(tiny):
     model, engine = tiny
     assert [bucket(n, 16, 256) for n in (1, 16, 17, 100, 256, 300)] == [16, 16, 32, 128, 256, 256]
-    engine.generate([[5] * 20], GREEDY)  # prompt bucket 32; windows 32 and 64
+    engine.generate([[5] * 40], GREEDY)  # prompt bucket 64; window 64 (then 128 if it grows past 64)
     before = extend_slot._cache_size(), decode_rows._cache_size()
-    engine.generate([[7] * n for n in (18, 23, 30)], GREEDY)  # same buckets: nothing new to compile
+    engine.generate([[7] * n for n in (33, 38, 39)], GREEDY)  # same buckets: nothing new to compile
     assert (extend_slot._cache_size(), decode_rows._cache_size()) == before
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxllm.eval import behaviour, generative, harness, judge, plots
+from jaxllm.eval import arena, behaviour, generative, harness, judge, plots
 from jaxllm.eval.model import from_parts
 from jaxllm.model import ModelConfig, Transformer
 from jaxllm.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -38,15 +38,23 @@ def test_chat_model_prompts_and_stops(models, tok):
         models["base"].as_kind("chat")
 
 
-@pytest.mark.parametrize("kind", ["base", "chat"])
-def test_behaviours_and_generative_run(models, kind):
-    m = models[kind]
-    for name, (fn, _) in behaviour.BEHAVIOURS.items():
-        kw = {"run_code": lambda code: "0"} if name == "tool-use" else {}
-        r = fn(m, n=3, seed=0, **kw)
-        assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and len(r["samples"]) == 3, name
-    r = generative.run_gen_task(m, "arithmetic", limit=3, n_samples=2, k=1, max_new_tokens=8)
-    assert r["n"] == 3 and 0 <= r["pass@1"] <= 1 and all(isinstance(s["reply"], str) for s in r["samples"])
+@pytest.mark.slow
+def test_behaviours_and_generative_run(models):
+    """Every behaviour check and a generative task run end to end (chat model; base model on two)."""
+    for kind, checks in (("chat", list(behaviour.BEHAVIOURS)), ("base", ["9.11-vs-9.9"])):
+        m = models[kind]
+        for name in checks:
+            kw = {"run_code": lambda code: "0"} if name == "tool-use" else {}
+            r = behaviour.BEHAVIOURS[name][0](m, n=2, seed=0, **kw)
+            assert r["n"] == 2 and 0.0 <= r["accuracy"] <= 1.0 and len(r["samples"]) == 2, name
+    r = generative.run_gen_task(models["chat"], "arithmetic", limit=2, n_samples=2, k=1)
+    assert r["n"] == 2 and 0 <= r["pass@1"] <= 1 and all(isinstance(s["reply"], str) for s in r["samples"])
+    prompts = ["What is 2+2?", "Name a colour."]
+    res = arena.model_arena(models, prompts, checks={p: (lambda a: len(a) % 2 == 0) for p in prompts}, rounds=10)
+    assert {r["model"] for r in res["rows"]} == {"base", "chat"} and len(res["battles"]) == 2
+    for j, (a, b, s) in enumerate(res["battles"]):  # one pair per prompt: the verdict follows the voter's check
+        ok_a, ok_b = (len(res["answers"][m][j]) % 2 == 0 for m in (a, b))
+        assert s == (0.5 if ok_a == ok_b else 1.0 if ok_a else 0.0)
 
 
 def test_tool_loop_runs_code_and_splices_output(models, tok):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from jaxllm.infer import generate
 from jaxllm.model import ModelConfig, Transformer
 from jaxllm.parallel import (
     LOGICAL_RULES, MeshConfig, fit_spec, logical_sharding, make_mesh, mesh_shape, per_device_bytes, shard_batch_spec,
@@ -122,3 +123,11 @@ def test_sharded_forward_matches_single_device(sharded, mesh):
     assert out.sharding.spec == P(("data", "fsdp"), None, "tensor")  # [batch, length, vocab]
     ref = model.apply({"params": jax.device_get(params)}, x)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+
+
+def test_sampling_with_sharded_params_inside_the_mesh(sharded, mesh):
+    _, _, params = sharded
+    prompts = [[1, 2, 3], [4, 5], [6]]  # 3 rows: not divisible by data*fsdp = 4
+    ref = generate(jax.device_get(params), CFG, prompts, max_new_tokens=4, temperature=0.0)
+    with nn.logical_axis_rules(LOGICAL_RULES), jax.set_mesh(mesh):
+        assert generate(params, CFG, prompts, max_new_tokens=4, temperature=0.0) == ref

@@ -51,7 +51,8 @@ def load_run(run_dir: Path, stage: str | None = None):
         raise FileNotFoundError(f"{run_dir}: no checkpoints for stage {stage or 'any of ' + ', '.join(STAGE_ORDER)} "
                                 f"(expected {run_dir}/<stage>/checkpoints); run the experiment first")
     model_cfg = cfg.model if cfg.model.vocab_size == tok.n_vocab else dataclasses.replace(cfg.model, vocab_size=tok.n_vocab)
-    params = load_params(run_dir / stages[0], model_cfg, cfg.optim, cfg.mesh)
+    optim = getattr(getattr(cfg, stages[0], None), "optim", cfg.optim)  # a stage's own optimizer (e.g. cfg.sft.optim)
+    params = load_params(run_dir / stages[0], model_cfg, optim, cfg.mesh)
     return from_parts(f"{run_dir.name}/{stages[0]}", model_cfg, params, tok,
                       chat_template=None if stages[0] == "pretrain" else "jaxllm")
 

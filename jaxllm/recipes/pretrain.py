@@ -65,13 +65,13 @@ class Trainer:
         return cls(model, mesh, state, shardings, step, eval_step, learning_rate_schedule(optim, train.steps))
 
     def step(self, batch: dict) -> dict:
-        with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_RULES):
             self.state, metrics = self.train_step(self.state, device_batch(batch, self.mesh))
         return metrics
 
     def evaluate(self, batches, byte_lengths: np.ndarray) -> dict:
         def run(batch):
-            with self.mesh, nn.logical_axis_rules(LOGICAL_RULES):
+            with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_RULES):
                 return self.eval_step(self.state.params, device_batch(batch, self.mesh))
         return evaluate_loss_and_bpb(run, batches, byte_lengths)
 

@@ -9,6 +9,7 @@ from jaxllm.train.optim import OptimConfig
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
+    init: str = ""  # "" = the run's sft (else pretrain) checkpoint; or a pretrained model (load_pretrained spec)
     # task: problems {"question", "answer"}; "arithmetic" uses jaxllm.data.generators.arithmetic's knobs
     task: Literal["arithmetic", "gsm_symbolic", "asdiv"] = "arithmetic"
     kind: Literal["expression", "word", "mixed"] = "expression"  # arithmetic only
@@ -17,6 +18,13 @@ class RLConfig:
     min_ops: int = 1
     max_ops: int = 1
     ops: str = "+-*"
+    # auto_difficulty (arithmetic): probe the starting model's greedy accuracy on `probe_problems` training
+    # problems at each level "min_digits-max_digits:min_ops-max_ops" and train at the level whose accuracy is
+    # inside target_accuracy and nearest its middle (all-wrong or all-right groups have zero advantage)
+    auto_difficulty: bool = True
+    difficulty_ladder: tuple[str, ...] = ("1-1:1-1", "1-2:1-1", "2-2:1-1", "1-2:1-2", "2-2:2-2", "2-3:2-2")
+    target_accuracy: tuple[float, float] = (0.1, 0.7)
+    probe_problems: int = 48
     train_problems: int = 2000
     eval_problems: int = 200  # held-out split, greedy accuracy
     template: str = "jaxllm"  # chat template the model was fine-tuned with

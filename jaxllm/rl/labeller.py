@@ -14,6 +14,7 @@ The hidden true score of a completion (words = its lower-cased words, "." exclud
                                                          repetition reads as nonsense)
            - LENGTH_PENALTY * max(0, n_words - MAX_GOOD_WORDS)   (rambling)
            + FINISHED_BONUS * [ends with "."]           (a finished sentence)
+           - GRAMMAR_PENALTY * [not a sentence of the toy grammar]   (word salad)
 
 Distinct-word counting and the repeat penalty are what make it hackable: a reward model that learned
 "pleasant words are good" from ordinary samples, where repeats are rare, cannot know that the tenth
@@ -41,6 +42,7 @@ REPEAT_PENALTY = 1.5
 LENGTH_PENALTY = 0.5
 MAX_GOOD_WORDS = 9
 FINISHED_BONUS = 0.5
+GRAMMAR_PENALTY = 2.0
 
 _WORD = re.compile(r"[a-z']+")
 
@@ -66,7 +68,7 @@ def text_features(text: str) -> dict:
     return {"n_words": len(words), "distinct": sorted(set(words)),
             "repeats": len(content) - len(set(content)),
             "pleasant": sum(1 for w in set(words) if w in PLEASANT),
-            "finished": text.rstrip().endswith(".")}
+            "finished": text.rstrip().endswith("."), "grammatical": well_formed(text)}
 
 
 def true_score(text: str, prompt: str = "") -> float:
@@ -77,7 +79,8 @@ def true_score(text: str, prompt: str = "") -> float:
     """
     f = text_features(text)
     return (sum(word_value(w) for w in f["distinct"]) - REPEAT_PENALTY * f["repeats"]
-            - LENGTH_PENALTY * max(0, f["n_words"] - MAX_GOOD_WORDS) + FINISHED_BONUS * f["finished"])
+            - LENGTH_PENALTY * max(0, f["n_words"] - MAX_GOOD_WORDS) + FINISHED_BONUS * f["finished"]
+            - GRAMMAR_PENALTY * (not f["grammatical"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +136,15 @@ class ToyVocab:
     def decode(self, ids: Sequence[int]) -> str:
         words = [self.words[i] for i in ids if i not in (self.pad_id, self.bos_id) and i < len(self.words)]
         return " ".join(words).replace(" .", ".")
+
+
+def well_formed(completion: str) -> bool:
+    """Is this a completion of the toy grammar: VERB NP (and NP)* "." with NP = DET (very? ADJ)* NOUN.
+
+    Any number of adjectives is grammatical (so "a lovely sweet dog" is a fair improvement)."""
+    np_ = rf"(?:the|a)(?: (?:very )?(?:{'|'.join(ADJECTIVES)}))* (?:{'|'.join(NOUNS)})"
+    pattern = rf"(?:{'|'.join(VERBS)}) {np_}(?: and {np_})*\."
+    return re.fullmatch(pattern, " ".join(completion.split())) is not None
 
 
 def _noun_phrase(rng: np.random.Generator) -> str:

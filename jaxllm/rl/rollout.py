@@ -84,6 +84,15 @@ def make_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[
     return batch
 
 
+def pad_rows(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Append all-zero rows (loss_mask 0: they train nothing) until the batch divides over `multiple` devices."""
+    n = len(batch["loss_mask"])
+    extra = -n % max(multiple, 1)
+    if not extra:
+        return batch
+    return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+
+
 def greedy_accuracy(params, model_cfg, tokenizer, problems: Sequence[dict], template: str, reward_fn: RewardFn, *,
                     max_new_tokens: int, batch_size: int = 64, pad_id: int = 0, **reward_options) -> dict:
     """Greedy (temperature 0) answers to `problems`: accuracy, its 95% Wilson interval, the number of

@@ -7,6 +7,7 @@ times both; the faster one is the default.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
@@ -70,7 +71,8 @@ def train_hf(texts: Iterable[str], n_ranks: int, pattern: str, progress: bool = 
         pre_tokenizers.Split(Regex(hf_pattern(pattern)), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    trainer = trainers.BpeTrainer(vocab_size=n_ranks, min_frequency=0, show_progress=progress, special_tokens=[],
+    show = progress and sys.stdout.isatty()  # off a terminal, HF's bar writes blank lines to stdout
+    trainer = trainers.BpeTrainer(vocab_size=n_ranks, min_frequency=0, show_progress=show, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(texts, trainer)
     to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}

@@ -41,7 +41,7 @@ def init_sharded_state(init_boxed: Callable, optimizer: optax.GradientTransforma
         params = nn.meta.unbox(init_boxed(rng))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
-    with mesh:
+    with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
 
