@@ -1,6 +1,7 @@
 """Evaluation throughput: multiple-choice examples/s, batched (bucketed padding) vs one by one.
 
     python benchmarks/eval_throughput.py [--tasks piqa,openbookqa] [--limit 64] [--depth 4] [--repeats 3]
+    python benchmarks/eval_throughput.py --tokenizer bytes --depth 2       # overhead-bound: small vocab
     python benchmarks/eval_throughput.py --model smollm2-135m-instruct --limit 24
 
 Both modes score exactly the same requests with the same jitted forward (`score_requests`): batched
@@ -53,17 +54,22 @@ def build_model(args):
     if args.model != "tiny":
         from jaxllm.model.hub import load_pretrained
         return from_pretrained(load_pretrained(args.model))
-    tok = load_tokenizer("gpt2")
-    cfg = tiny(args.depth, tok.n_vocab, 1024)
+    if args.tokenizer == "bytes":  # 257 ids: the output layer is cheap, so per-call overhead dominates
+        from jaxllm.tokenizer import Tokenizer
+        tok = Tokenizer({bytes([i]): i for i in range(256)}, {"<|bos|>": 256}, name="bytes")
+    else:
+        tok = load_tokenizer(args.tokenizer)
+    cfg = tiny(args.depth, tok.n_vocab, 2048)
     params = jax.jit(lambda k: nn.unbox(Transformer(cfg).init(k, jnp.zeros((1, 4), jnp.int32))["params"]))(
         jax.random.key(0))
-    return from_parts(f"tiny-depth{args.depth}", cfg, params, tok)
+    return from_parts(f"tiny-depth{args.depth}-{tok.name}", cfg, params, tok)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", help="'tiny' (random init, gpt2 vocab) or a pretrained name")
     p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--tokenizer", default="gpt2", help="tiny model's tokenizer: an encoding name or 'bytes'")
     p.add_argument("--tasks", default="piqa,openbookqa")
     p.add_argument("--limit", type=int, default=64)
     p.add_argument("--shots", type=int, default=0)

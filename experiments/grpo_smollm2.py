@@ -26,9 +26,9 @@ from jaxllm.rl.config import RLConfig
 from jaxllm.train.optim import OptimConfig
 
 CPU = RLConfig(
-    init="smollm2-135m-instruct", task="gsm_symbolic", template="smollm2",
+    init="smollm2-135m-instruct", task="gsm_symbolic", template="smollm2", remat="full",
     train_problems=64, eval_problems=8, steps=2, prompts_per_step=2, group_size=4,
-    max_new_tokens=48, seq_len=384, temperature=1.0, top_k=50,
+    max_new_tokens=48, seq_len=288, temperature=1.0, top_k=50,
     advantage="jaxllm.rl.advantages:dr_grpo_advantages", aggregation="constant", kl_coef=0.01,
     clip_eps=0.2, clip_eps_high=0.28,
     optim=OptimConfig(lr=1e-6, warmup_steps=0, schedule="constant", weight_decay=0.0, grad_clip=1.0),

@@ -20,10 +20,10 @@ from jaxllm.train.step import TrainConfig
 
 VOCAB = 4096
 SEQ_LEN = 256
-STEPS = 3000  # the cosine length; time_budget_s stops early on a slower machine
+BUDGET_S = 600.0  # pretraining wall clock; the cosine schedule is fitted to it from a measured step time
 
 
-def config(depth: int = 4) -> Config:
+def config(depth: int = 3) -> Config:
     hp = tiny_hparams(depth)
     return Config(
         name="speedrun",
@@ -31,10 +31,10 @@ def config(depth: int = 4) -> Config:
         data=DataConfig(sources=("wikipedia-summaries", "boolq-passages", "web"), val_fraction=0.02),
         tokenizer=TokenizerConfig(vocab_size=VOCAB),
         pipeline=PipelineConfig(seq_len=SEQ_LEN, batch_size=hp["batch_size"], seed=0),
-        model=tiny(depth, vocab_size=VOCAB, seq_len=SEQ_LEN),
+        model=tiny(depth, vocab_size=VOCAB, seq_len=SEQ_LEN, scan_layers=False),  # unrolled: ~10% faster on CPU
         optim=OptimConfig(lr=hp["learning_rate"], warmup_steps=hp["warmup_steps"], schedule="cosine",
                           min_lr_ratio=hp["min_lr_ratio"], weight_decay=hp["weight_decay"]),
-        train=TrainConfig(steps=STEPS, time_budget_s=600.0, eval_every=250, eval_batches=40,
+        train=TrainConfig(steps=0, time_budget_s=BUDGET_S, eval_every=250, eval_batches=40,
                           sample_every=500, checkpoint_every=250, log_every=25),
         sample=SampleConfig(prompts=("The capital of France is", "In 1905, Albert Einstein", "The river"),
                             max_new_tokens=40),

@@ -3,7 +3,6 @@ import json
 import threading
 import types
 
-import numpy as np
 import pytest
 
 from engine_helpers import chain, random_model, scripted_model
@@ -183,3 +182,43 @@ def test_smollm2_answers_paris_via_chat_cli(smollm2, monkeypatch, capsys):
     assert chat.chat_command(args) == 0
     out = capsys.readouterr().out
     assert "Paris" in out, out
+
+
+# ---------------------------------------------------------------- loading a run directory
+@pytest.mark.slow
+def test_load_model_from_run_dir(tmp_path):
+    import jax
+    import numpy as np
+
+    from engine_helpers import byte_tokenizer
+    from jaxllm.cli.loader import load_model
+    from jaxllm.model import ModelConfig
+    from jaxllm.parallel import MeshConfig
+    from jaxllm.recipes.experiment import Config, start_run
+    from jaxllm.recipes.pretrain import Trainer
+    from jaxllm.train.checkpoint import Checkpointer
+    from jaxllm.train.step import TrainConfig
+
+    tok = byte_tokenizer()
+    cfg = Config(name="tiny", model=ModelConfig(vocab_size=tok.n_vocab, max_seq_len=64, d_model=32, n_layers=2,
+                                                 n_heads=2, n_kv_heads=2, d_ff=64))
+    run_dir = start_run(cfg, tmp_path / "run")
+    tok.save(run_dir / "tokenizer")
+    (run_dir / "stages.json").write_text(json.dumps({"tokenizer": {"dir": str(run_dir / "tokenizer")}}))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(run_dir)
+    trainer = Trainer.create(cfg.model, MeshConfig(), cfg.optim, TrainConfig(steps=1), seed=3)
+    ckpt = Checkpointer(run_dir / "pretrain" / "checkpoints", async_save=False)
+    ckpt.save(7, trainer.state, meta={})
+    ckpt.close()
+    model = load_model(run_dir)
+    assert model.name == "run/pretrain" and model.template == "jaxllm" and model.bos_prefix == (tok.bos_id,)
+    assert tok.special_ids["<|im_end|>"] in model.stop_ids
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(trainer.state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    engine = Engine(model, EngineConfig(max_batch=2, max_len=64, min_bucket=16))
+    try:
+        done = engine.submit(model.prompt_ids([{"role": "user", "content": "hi"}]), GREEDY).result(timeout=120)
+        assert done.finish_reason in ("stop", "length") and done.prompt_tokens > 5
+    finally:
+        engine.close()

@@ -63,6 +63,8 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert rollout.wilson_interval(0, 10)[0] == 0.0
     assert rollout.two_proportion_z(30, 100, 50, 100) == pytest.approx(2.89, abs=0.01)
+    z, gained, lost = rollout.mcnemar_z([0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 1, 0])
+    assert (gained, lost) == (3, 1) and z == pytest.approx(2 / 2.0)
 
 
 def test_one_grpo_step_raises_logprob_of_rewarded_completion(tok, model_cfg, init_params):

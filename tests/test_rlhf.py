@@ -128,3 +128,18 @@ def test_factual_summary_pairs():
     assert len(train) + len(test) == len(pairs) and len(test) > 30
     assert not {p.prompt for p in train} & {p.prompt for p in test}
     assert pairs[0].prompt.endswith("radio rental's income last year.")
+
+
+def test_ranking_batch_layout():
+    from jaxllm.rl.reward_model import ranking_batch
+
+    v = labeller.ToyVocab()
+    r = [Ranking("the cat", ("sees a dog.", "sees a lovely dog.", "likes the tree."), (1, 2, 0)),
+         Ranking("the dog", ("finds a cat.", "hears a song.", "sees a bird."), (0, 1, 2))]
+    b = ranking_batch(r, v.encode, v.bos_id, 12)
+    assert b["inputs"].shape == (6, 12)
+    assert b["rank"][:, 0].tolist() == [2, 0, 1, 0, 1, 2]  # place of each candidate in its group
+    assert b["loss_mask"].sum() == 6 and b["loss_mask"][1].argmax() == 1 + 2 + 5 - 1  # bos + prompt + completion (with ".")
+    assert v.decode(b["inputs"][1][b["segment_ids"][1] == 1]) == "the cat sees a lovely dog."
+    with pytest.raises(ValueError, match="different numbers of candidates"):
+        ranking_batch(r + [Ranking("x", ("a", "b"), (0, 1))], v.encode, v.bos_id, 12)

@@ -6,6 +6,7 @@ checkpoints), which the inference layer may not import.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from jaxllm.infer.engine import ChatModel
@@ -48,7 +49,7 @@ def load_run(run_dir: str | Path) -> ChatModel:
     from jaxllm.data.chat import stop_ids
     from jaxllm.recipes.experiment import open_run, read_stage_results
     from jaxllm.recipes.pretrain import load_params
-    from jaxllm.recipes.stages import _model_for
+    from jaxllm.recipes.stages import model_for_tokenizer
     from jaxllm.tokenizer import Tokenizer
 
     cfg, run_dir = open_run(run_dir)
@@ -58,13 +59,17 @@ def load_run(run_dir: str | Path) -> ChatModel:
         raise FileNotFoundError(f"{run_dir}: no tokenizer at {tok_dir}; run the tokenizer stage first "
                                 f"(`jaxllm run {run_dir}`)")
     tok = Tokenizer.load(tok_dir)
-    model_cfg = _model_for(cfg.model, tok)
+    model_cfg = model_for_tokenizer(cfg.model, tok)
     order = [s for s in LATER_STAGES if s in cfg.stages or (run_dir / s).exists()]
     for stage in order:
         ckpts = run_dir / stage / "checkpoints"
         if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
-            params = load_params(run_dir / stage, model_cfg, cfg.optim, cfg.mesh)
-            break
+            try:
+                params = load_params(run_dir / stage, model_cfg, cfg.optim, cfg.mesh)
+                break
+            except Exception as e:  # e.g. a stage trained another model (rl.init): fall back to the earlier one
+                print(f"[jaxllm] {ckpts}: cannot load it as this run's model ({type(e).__name__}: {str(e)[:200]}); "
+                      "trying the previous stage", file=sys.stderr)
     else:
         raise FileNotFoundError(f"{run_dir}: no checkpoint under any of {', '.join(order) or 'pretrain'}/checkpoints;"
                                 f" train first (`jaxllm run {run_dir}`)")

@@ -106,10 +106,11 @@ def pack(requests: Sequence[Request], length: int, rows: int, pad_id: int = 0) -
 
 def score_requests(params, cfg: ModelConfig, requests: Sequence[Request], *, batch_tokens: int = 4096,
                    max_rows: int = 64, min_length: int = 32, bucket: bool = True, progress=None) -> list[Score]:
-    """Score every request; batches hold about `batch_tokens` tokens, lengths bucketed to powers of two.
+    """Score every request; batches hold about `batch_tokens` tokens, lengths padded to `bucket_length`.
 
-    max_rows=1 scores one by one (the baseline of benchmarks/eval_throughput.py); bucket=False pads each
-    batch only to its longest request (one compilation per distinct length: slow, for comparison).
+    A batch holds requests of one padded length; a bucket's last batch shrinks to a power of two rows.
+    max_rows=1 scores one by one (the baseline of benchmarks/eval_throughput.py); bucket=False pads
+    nothing (one compilation per distinct length: slow, for comparison).
     `progress(n)` is called after each batch with the number of requests done.
     """
     for i, r in enumerate(requests):
@@ -119,20 +120,28 @@ def score_requests(params, cfg: ModelConfig, requests: Sequence[Request], *, bat
             raise ValueError(f"request {i}: continuation of {len(r.continuation)} tokens does not fit "
                              f"max_seq_len={cfg.max_seq_len}")
     order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
+
+    def padded(i: int) -> int:
+        need = min(len(requests[i].context) + len(requests[i].continuation) - 1, cfg.max_seq_len)
+        return min(bucket_length(need, min_length), cfg.max_seq_len) if bucket else need
+
     out: list[Score | None] = [None] * len(requests)
     start = 0
     while start < len(order):
-        first = requests[order[start]]
-        need = min(len(first.context) + len(first.continuation) - 1, cfg.max_seq_len)
-        length = min(bucket_length(need, min_length), cfg.max_seq_len) if bucket else need
+        length = padded(order[start])
         rows = max(1, min(max_rows, batch_tokens // length))
-        idx = order[start:start + rows]
+        same = start
+        while same < len(order) and same - start < rows and padded(order[same]) == length:
+            same += 1
+        if same - start < rows:  # the bucket's last batch: fewer rows (a power of two), not empty padding
+            rows = min(rows, 1 << (same - start - 1).bit_length())
+        idx = order[start:same]
         b = pack([requests[i] for i in idx], length, rows)
         lp, greedy = score_batch(params, cfg, *(jnp.asarray(b[k]) for k in ("inputs", "targets", "mask", "segment_ids")))
         lp, greedy = np.asarray(lp), np.asarray(greedy)
         for j, i in enumerate(idx):
             out[i] = Score(float(lp[j]), len(requests[i].continuation), bool(greedy[j]))
-        start += len(idx)
+        start = same
         if progress is not None:
             progress(len(idx))
     return out  # type: ignore[return-value]

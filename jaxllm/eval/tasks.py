@@ -8,7 +8,8 @@ BoolQ (3,270 dev, yes/no), LogiQA (1,000). Items are shuffled once (seeded); the
 Prompting: a base model reads few-shot text ("Question: ...\\nAnswer: <option>", blank-line separated);
 a chat model reads the shots as earlier user/assistant turns. Styles: "cloze" scores each option's
 text as the answer (reported metric: log-likelihood per UTF-8 byte, lm-eval's acc_norm); "letter"
-lists the options and scores the letters (metric: summed log-likelihood). Both metrics are in the JSON.
+lists the options and scores the letters (metric: summed log-likelihood); BoolQ's "no"/"yes" always use the
+summed log-likelihood. Both metrics are in the JSON.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ MC_TASKS: dict[str, tuple[str, str]] = {
     "boolq": ("BoolQ/dev.jsonl", "BoolQ dev: yes/no question about a Wikipedia passage"),
     "logiqa": ("LogiQA/test.jsonl", "LogiQA logical reasoning, 4 options"),
 }
+SUM_METRIC_TASKS = ("boolq",)  # one-word options ("no"/"yes"): length normalisation only adds noise
 _OPTION = re.compile(r"^\s*([A-P])\.\s?(.*)$")
 
 
@@ -191,9 +193,10 @@ def run_mc_task(model: EvalModel, task: str, *, limit: Optional[int] = None, sho
                        "n_tokens": [x.n_tokens for x in s], "n_bytes": n_bytes})
     acc = mc_accuracy(scored, "sum")
     acc_norm = mc_accuracy(scored, "bytes")
-    primary = acc_norm if style == "cloze" else acc
+    use_norm = style == "cloze" and task not in SUM_METRIC_TASKS
+    primary = acc_norm if use_norm else acc
     return {"task": task, "kind": "multiple_choice", "prompt": model.kind, "style": style, "shots": n_shots,
             "n": len(items), "accuracy": primary["accuracy"], "chance": primary["chance"],
-            "stderr": primary.get("stderr"), "metric": "acc_norm" if style == "cloze" else "acc",
+            "stderr": primary.get("stderr"), "metric": "acc_norm" if use_norm else "acc",
             "acc": acc["accuracy"], "acc_norm": acc_norm["accuracy"], "ties": primary["ties"],
             "items": scored}

@@ -21,7 +21,6 @@ import functools
 import itertools
 import queue
 import threading
-import time
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -299,6 +298,10 @@ class Engine:
                 for i, s in enumerate(self.slots):
                     if s is not None:
                         self._finish(i, "error", error=f"{type(e).__name__}: {e}")
+        for i in range(len(self.slots)):  # closed: nobody waits forever
+            self._finish(i, "cancelled")
+        while not self.waiting.empty():
+            self._done(self.waiting.get(), "cancelled")
 
     def _sampling(self, reqs: Sequence[Optional[Request]], counts: Sequence[int]) -> tuple:
         p = [r.params if r else SamplingParams(temperature=0.0) for r in reqs]
@@ -452,11 +455,3 @@ class Engine:
         req.events.put(("done", reason))
         req.done.set()
 
-
-def wait_idle(engine: Engine, timeout: float = 30.0) -> None:
-    """Block until no request is queued or running (tests, benchmarks)."""
-    deadline = time.monotonic() + timeout
-    while any(engine.slots) or not engine.waiting.empty():
-        if time.monotonic() > deadline:
-            raise TimeoutError("engine still busy")
-        time.sleep(0.01)

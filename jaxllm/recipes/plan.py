@@ -3,18 +3,18 @@ time and tokens/s at a stated MFU, for an experiment config on a named accelerat
 
 Memory model (bytes per device; P params, p = param bytes, a = activation bytes, T = tokens per
 device per micro-batch, L layers, d model width, f MLP width, h/kv heads, hd head dim, s seq len):
-  params P*p/S, gradients P*p/S (x2 with accumulation), AdamW moments 2*P*p/S, S = fsdp*tensor shards;
-  activations saved per layer for the backward pass (no remat):
-      a*T*(4d + hd*(2h + 2kv) + f*(3 llama | 2 gpt2)) + 4*T*(2d) [f32 norm inputs]
-      + 4*(b*h*s*s)*2 [f32 attention logits and probabilities, the XLA attention path]
-  with remat "full" only each layer's input a*T*d is kept, plus one layer recomputed at a time;
-  logits: 4*T*V*3 (f32 logits, their softmax and their gradient).
+  params P*p/S, gradients P*p/S (x2 with accumulation), AdamW moments 2*P*p/S, S = fsdp*tensor shards,
+  optimizer-update temporaries P*p/S;
+  activations kept for the backward pass, per layer (no remat): a*T*(every intermediate the layer makes:
+      block input, norm outputs, residuals, q/k/v, rotated q/k, attention output, MLP hidden states)
+      + 4*T*(float32 norm/RoPE internals when a = 2) + 4*2*b*h*s*s (float32 attention logits and
+      probabilities: the XLA attention path), x1.3 under nn.scan (measured on XLA:CPU);
+  remat "full" keeps 2*a*T*d per layer plus one layer recomputed at a time; logits 4*T*V (float32).
 See docs/scale.md for how this compares with XLA's memory analysis and published figures.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 from jaxllm.model import ModelConfig
@@ -108,7 +108,7 @@ def memory_per_device(model: ModelConfig, seq_len: int, micro_rows: int, mesh: t
     logits = 4 * T * model.vocab_size / tensor  # f32 logits (their gradient is fused into the matmuls)
     update = n * p / shards  # optimizer-update temporaries
     total = params + opt_state + grads + update + activations + logits
-    return {"params": params, "opt_state": opt_state, "grads": grads + update, "activations": activations,
+    return {"params": params, "opt_state": opt_state, "grads": grads, "update": update, "activations": activations,
             "logits": logits, "total": total}
 
 
@@ -133,7 +133,8 @@ def step_time(model: ModelConfig, seq_len: int, global_rows: int, chips: int, ac
 
 def plan(model: ModelConfig, seq_len: int, global_rows: int, mesh_cfg: MeshConfig, acc: Accelerator, chips: int,
          mfu: float = 0.4, headroom: float = 0.9) -> dict:
-    """Pick the largest micro-batch (fewest accumulation steps), trying remat none → dots → full, that fits."""
+    """Pick the largest micro-batch (fewest accumulation steps) that fits, with the least remat that
+    makes it fit (none, then dots, then full): big micro-batches keep the matmuls efficient."""
     mesh = mesh_shape(mesh_cfg, chips)
     batch_shards = mesh[0] * mesh[1]
     if global_rows % batch_shards:
@@ -141,20 +142,17 @@ def plan(model: ModelConfig, seq_len: int, global_rows: int, mesh_cfg: MeshConfi
                          f"use a multiple of {batch_shards}")
     rows_per_device = global_rows // batch_shards
     budget = acc.memory_gb * GB * headroom
-    options = []
-    for remat in ("none", "dots", "full"):
-        for accum in [k for k in range(1, rows_per_device + 1) if rows_per_device % k == 0]:
-            mem = memory_per_device(model, seq_len, rows_per_device // accum, mesh, accum, remat)
-            options.append((remat, accum, mem))
-            if mem["total"] <= budget:
-                return {"fits": True, "remat": remat, "grad_accum": accum, "micro_rows": rows_per_device // accum,
-                        "memory": mem, "mesh": mesh, "budget": budget,
-                        "no_remat_full_batch": options[0][2],
-                        **step_time(model, seq_len, global_rows, chips, acc, mfu, mesh)}
-    remat, accum, mem = options[-1]
-    return {"fits": False, "remat": remat, "grad_accum": accum, "micro_rows": 1, "memory": mem, "mesh": mesh,
-            "budget": budget, "no_remat_full_batch": options[0][2],
+    base = {"mesh": mesh, "budget": budget, "rows_per_device": rows_per_device,
+            "no_remat_full_batch": memory_per_device(model, seq_len, rows_per_device, mesh, 1, "none"),
             **step_time(model, seq_len, global_rows, chips, acc, mfu, mesh)}
+    for accum in [k for k in range(1, rows_per_device + 1) if rows_per_device % k == 0]:
+        for remat in ("none", "dots", "full"):
+            mem = memory_per_device(model, seq_len, rows_per_device // accum, mesh, accum, remat)
+            if mem["total"] <= budget:
+                return {**base, "fits": True, "remat": remat, "grad_accum": accum,
+                        "micro_rows": rows_per_device // accum, "memory": mem}
+    mem = memory_per_device(model, seq_len, 1, mesh, rows_per_device, "full")
+    return {**base, "fits": False, "remat": "full", "grad_accum": rows_per_device, "micro_rows": 1, "memory": mem}
 
 
 def format_plan(name: str, model: ModelConfig, seq_len: int, global_rows: int, acc: Accelerator, chips: int,
@@ -169,7 +167,7 @@ def format_plan(name: str, model: ModelConfig, seq_len: int, global_rows: int, a
         f"mesh (data, fsdp, tensor) = {r['mesh']}; global batch {global_rows} x {seq_len} tokens",
         "", "per-device memory            chosen   | no remat, no accumulation",
     ]
-    for key in ("params", "grads", "opt_state", "activations", "logits", "total"):
+    for key in ("params", "grads", "opt_state", "update", "activations", "logits", "total"):
         lines.append(f"  {key:<14}{g(m[key])}   | {g(m0[key])}")
     lines += [
         f"  budget        {g(r['budget'])}   (90% of HBM)",
@@ -177,7 +175,7 @@ def format_plan(name: str, model: ModelConfig, seq_len: int, global_rows: int, a
         (f"fits: micro-batch {r['micro_rows']} sequences per device x {r['grad_accum']} accumulation steps, "
          f"remat={r['remat']}") if r["fits"] else
         "DOES NOT FIT even with remat=full and micro-batch 1: add chips, use tensor parallelism or bf16 params",
-        f"step: {r['flops'] / 1e15:.2f} PFLOP; compute {r['compute_s']:.3f} s at {mfu:.0%} MFU, "
+        f"step: {r['flops']:.3g} FLOP; compute {r['compute_s']:.3f} s at {mfu:.0%} MFU, "
         f"collectives {r['comm_s']:.3f} s -> ~{r['step_s']:.3f} s/step, "
         f"{r['tokens_per_s']:,.0f} tokens/s ({r['tokens_per_s'] / chips:,.0f} per chip)",
     ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from pathlib import Path
@@ -92,7 +93,11 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
              train: TrainConfig, pipeline: PipelineConfig, train_shards: str, val_shards: str, tokenizer,
              sample_cfg=None, seed: int = 0) -> dict:
     """Train from scratch (or resume from `out_dir/checkpoints`) and return final metrics."""
-    trainer = Trainer.create(model_cfg, mesh_cfg, optim, train, seed)
+    def make_trainer(train):
+        return Trainer.create(model_cfg, mesh_cfg, optim, train, seed)
+
+    train = fit_steps_to_budget(Path(out_dir), train, make_trainer, global_batch_iterator(train_shards, pipeline))
+    trainer = make_trainer(train)
     data_iter = global_batch_iterator(train_shards, pipeline)  # same global batches on any process count
     eval_batches = list(make_eval_batches(val_shards, pipeline, train.eval_batches))
 
@@ -106,6 +111,39 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
                       tokens_per_step=pipeline.batch_size * pipeline.seq_len,  # batch_size is global rows per step
                       flops_per_tok=flops_per_token(model_cfg, pipeline.seq_len), sample_fn=samples,
                       title="pretraining") | {"params": param_count(model_cfg)}
+
+
+def fit_steps_to_budget(out_dir: Path, train: TrainConfig, make_trainer: Callable, batches,
+                        measure_steps: int = 5) -> TrainConfig:
+    """With train.steps == 0, choose the schedule length that fills train.time_budget_s.
+
+    The step time is measured once on throwaway steps and recorded in out_dir/calibration.json, so
+    a resumed run keeps the same schedule (and so the same losses).
+    """
+    if train.steps > 0:
+        return train
+    if train.time_budget_s <= 0:
+        raise ValueError("train.steps=0 needs train.time_budget_s > 0 (the schedule is fitted to the time budget)")
+    record = Path(out_dir) / "calibration.json"
+    if record.exists():
+        return dataclasses.replace(train, steps=int(json.loads(record.read_text())["steps"]))
+    probe = make_trainer(dataclasses.replace(train, steps=1000))
+    for _ in range(2):  # compile and warm up
+        jax.block_until_ready(probe.step(next(batches)))
+    t0 = time.perf_counter()
+    for _ in range(measure_steps):
+        m = probe.step(next(batches))
+    jax.block_until_ready(m)
+    step_time = (time.perf_counter() - t0) / measure_steps
+    steps = max(10, int(0.95 * train.time_budget_s / step_time))
+    if jax.process_count() > 1:  # every process must use the same schedule: process 0 decides
+        from jax.experimental import multihost_utils
+        steps = int(multihost_utils.broadcast_one_to_all(np.int32(steps)))
+    if jax.process_index() == 0:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"steps": steps, "step_seconds": step_time}))
+    print(f"[jaxllm] {step_time:.3f} s/step: fitting the schedule to {steps} steps in {train.time_budget_s:.0f} s")
+    return dataclasses.replace(train, steps=steps)
 
 
 def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[dict], byte_lengths: np.ndarray,
@@ -156,6 +194,7 @@ def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[di
         t_last, step_last = time.perf_counter(), step
         stopped_by_budget = False
         saved_step = step
+        compile_seconds = None  # the first step after a (re)start compiles: not training time
         while step < train.steps:
             if train.time_budget_s and elapsed >= train.time_budget_s:
                 stopped_by_budget = True
@@ -174,7 +213,11 @@ def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[di
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate or check the data")
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{rate:,.0f}", mfu=f"{rate * flops_over_peak:.1%}")
-            elapsed += time.perf_counter() - t0
+            if compile_seconds is None:
+                compile_seconds = time.perf_counter() - t0
+                t_last = time.perf_counter()
+            else:
+                elapsed += time.perf_counter() - t0
             bar.update(1)
             if train.eval_every and (step % train.eval_every == 0 or last):
                 ev = validate(step)
@@ -195,7 +238,8 @@ def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[di
         if jax.process_index() == 0:
             plot_curves(records, ["loss", "val_loss"], out_dir / "loss.png", title=f"{title} loss (nats/token)")
             plot_curves(records, ["val_bpb"], out_dir / "val_bpb.png", title="validation bits per byte")
-        return {"steps": step, "train_seconds": round(elapsed, 1), "val_loss": final["loss"], "val_bpb": final["bpb"],
+        return {"steps": step, "train_seconds": round(elapsed, 1), "compile_seconds": round(compile_seconds or 0, 1),
+                "val_loss": final["loss"], "val_bpb": final["bpb"],
                 "samples": final_samples, "stopped_by_time_budget": stopped_by_budget}
     finally:
         ckpt.close()  # never exit with an async save in flight

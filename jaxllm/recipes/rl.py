@@ -44,12 +44,15 @@ def rl_loss_factory(policy_loss, loss_kwargs: dict):
     The batch carries old_logp, ref_logp, advantages and rewards as [batch, length] arrays; the loss's
     metrics (KL, entropy, clip fraction) come out of the train step through aux["metrics"].
     """
+    entropy_grad = bool(loss_kwargs.get("entropy_coef"))  # else entropy is only a metric: no backward through it
+
     def factory(apply_fn):
         def loss_fn(params, batch):
             logits = apply_fn({"params": params}, batch["inputs"])  # [batch, length, vocab]
             logp = token_log_probs(logits, batch["targets"])
+            entropy = token_entropy(logits if entropy_grad else jax.lax.stop_gradient(logits))
             loss, metrics = policy_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
-                                        batch["loss_mask"], token_entropy(logits), batch["rewards"], **loss_kwargs)
+                                        batch["loss_mask"], entropy, batch["rewards"], **loss_kwargs)
             return loss, {"metrics": metrics}
         return loss_fn
     return factory
@@ -114,6 +117,8 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rl.remat:
+        model_cfg = dataclasses.replace(model_cfg, remat=rl.remat)
     probe = None
     if rl.auto_difficulty and rl.task == "arithmetic" and train_problems is None:
         probe_file = out_dir / "difficulty.json"  # decided once, so a resumed run trains on the same problems
@@ -139,6 +144,14 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
     logprobs = make_logprob_fn(trainer)
     data_parallel = trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"]  # batch rows must divide over these
     prompts = rollout.prompt_ids(train_problems, tokenizer, rl.template)
+    fits = [i for i, p in enumerate(prompts) if len(p) + rl.max_new_tokens <= rl.seq_len + 1]
+    if len(fits) < len(prompts):  # a prompt that leaves no room for the answer is of no use
+        print(f"[jaxllm] rl: {len(prompts) - len(fits)} of {len(prompts)} training prompts are longer than "
+              f"rl.seq_len - rl.max_new_tokens = {rl.seq_len + 1 - rl.max_new_tokens} tokens; left out")
+        if not fits:
+            raise ValueError(f"rl: no training prompt fits in rl.seq_len={rl.seq_len} with max_new_tokens="
+                             f"{rl.max_new_tokens}; raise rl.seq_len")
+        train_problems, prompts = [train_problems[i] for i in fits], [prompts[i] for i in fits]
     stops = rollout.end_ids(tokenizer, rl.template)
 
     ckpt = Checkpointer(out_dir / "checkpoints", keep=rl.keep_checkpoints, async_save=False)
@@ -212,6 +225,7 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
         after = evaluate(step)
         out = {"steps": step, "task": rl.task, "difficulty": probe, "before": _summary(before), "after": _summary(after),
                "z": rollout.two_proportion_z(before["correct"], before["n"], after["correct"], after["n"]),
+               "paired": dict(zip(("z", "gained", "lost"), rollout.mcnemar_z(before.get("per_problem", []), after["per_problem"]))),
                "examples_after": after["examples"]}
         if jax.process_index() == 0:
             records = read_metrics(out_dir / "metrics.jsonl")
@@ -244,7 +258,13 @@ def report_section(result: dict) -> str:
              f"{b['response_len']:.1f} |",
              f"| after RL | {a['accuracy']:.1%} | {a['correct']}/{a['n']} | {a['ci95'][0]:.1%}-{a['ci95'][1]:.1%} | "
              f"{a['response_len']:.1f} |", "",
-             f"Two-proportion z = {result['z']:.2f} ({'beyond' if abs(result['z']) > 1.96 else 'within'} noise at 95%).", ""]
+             f"Two-proportion z = {result['z']:.2f} ({'beyond' if abs(result['z']) > 1.96 else 'within'} noise at 95%); "
+             f"paired on the same problems: {result['paired']['gained']} newly right, {result['paired']['lost']} newly "
+             f"wrong, McNemar z = {result['paired']['z']:.2f}.", ""]
+    if result.get("difficulty"):
+        probe = ", ".join(f"{row['level']}: {row['accuracy']:.0%}" for row in result["difficulty"]["probe"])
+        lines += [f"Difficulty (digits:operations) probed on {result['difficulty']['probe'][0]['n']} training problems "
+                  f"per level before RL ({probe}); trained at {result['difficulty']['chosen']}.", ""]
     for name, path in (result.get("plots") or {}).items():
         lines.append(f"![{name}]({path})")
     return "\n".join(lines) + "\n"

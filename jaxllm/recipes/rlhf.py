@@ -12,22 +12,23 @@ check. Every piece trains through the same sharded, jitted train step as pretrai
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxllm.model import ModelConfig, Transformer, tiny, token_log_probs
 from jaxllm.parallel import LOGICAL_RULES, MeshConfig, make_mesh
 from jaxllm.recipes.pretrain import Trainer
+from jaxllm.recipes.rl import rl_loss_factory
 from jaxllm.rl import labeller as lab
 from jaxllm.rl.advantages import grpo_advantages
-from jaxllm.rl.losses import grpo_loss, kl_estimate, token_entropy
+from jaxllm.rl.losses import grpo_loss
 from jaxllm.rl.preferences import wilson_interval
 from jaxllm.rl.reward_model import init_reward_params, ranking_batch, ranking_loss_fn, reward_scores, encode_rows
 from jaxllm.rl.rollout import make_batch, sample_completions
@@ -42,27 +43,27 @@ CHUNK = 64  # rows per sampling / scoring call: one compiled shape for all of th
 
 @dataclasses.dataclass(frozen=True)
 class RLHFConfig:
-    """The whole toy RLHF run; defaults take about a minute on a 2-core CPU."""
-    depth: int = 2  # tiny(depth) policy on the toy language
+    """The whole toy RLHF run; the defaults take ~40 s of CPU time (the tested reward-hacking run)."""
+    depth: int = 1  # tiny(depth) policy on the toy language
     seq_len: int = 32
     max_new_tokens: int = 14
-    sft_steps: int = 200
-    sft_batch: int = 32
+    sft_steps: int = 150
+    sft_batch: int = 64
     sft_lr: float = 3e-3
     # preference data: k samples of the SFT policy per prompt, ranked by the simulated labeller
     k: int = 4
-    rm_groups: int = 384  # training rankings
-    heldout_groups: int = 128  # held-out rankings (6 pairs each at k=4)
-    label_noise: float = 0.5
+    rm_groups: int = 256  # training rankings (k * rm_groups a multiple of 64)
+    heldout_groups: int = 96  # held-out rankings: 96 * 6 = 576 pairs at k = 4
+    label_noise: float = 0.3  # Gumbel scale of the labeller
     rm_loss: str = "bradley_terry"  # or "plackett_luce"
-    rm_steps: int = 200
+    rm_steps: int = 150
     rm_groups_per_step: int = 16
     rm_lr: float = 1e-3
     # GRPO against the reward model
-    rl_steps: int = 150
+    rl_steps: int = 120
     prompts_per_step: int = 8
-    group_size: int = 8
-    rl_lr: float = 2e-3
+    group_size: int = 8  # prompts_per_step * group_size = 64 rows
+    rl_lr: float = 1e-3
     kl_coef: float = 0.01
     clip_eps: float = 0.2
     eval_every: int = 10
@@ -176,22 +177,6 @@ def evaluate_reward_model(scorer: Callable, rm_params, rankings: list) -> dict:
 
 
 # ---------------------------------------------------------------- GRPO against the reward model
-def policy_loss_factory(loss_fn: Callable = grpo_loss, **hyper) -> Callable:
-    """Trainer loss factory: a policy-gradient loss (jaxllm.rl.losses signature) on a rollout batch.
-
-    batch: inputs, targets, loss_mask, old_logp, ref_logp, advantages, rewards, all [rows, length].
-    """
-    def factory(apply_fn):
-        def loss(params, batch):
-            logits = apply_fn({"params": params}, batch["inputs"])  # [rows, length, vocab]
-            logp = token_log_probs(logits, batch["targets"])
-            value, _ = loss_fn(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], batch["loss_mask"],
-                               token_entropy(logits), batch.get("rewards"), **hyper)
-            return value, {"nll": value}
-        return loss
-    return factory
-
-
 def grpo_against_rm(model_cfg: ModelConfig, sft_params, rm_params, cfg: RLHFConfig, writer: Optional[MetricsWriter] = None,
                     mesh: MeshConfig = MeshConfig(), devices=None) -> dict:
     """GRPO with reward-model rewards and a k3 KL penalty to the SFT policy; held-out true-score checks.
@@ -201,8 +186,8 @@ def grpo_against_rm(model_cfg: ModelConfig, sft_params, rm_params, cfg: RLHFConf
     """
     vocab, model = lab.ToyVocab(), Transformer(model_cfg)
     scorer = make_scorer(model_cfg, cfg.seq_len)
-    factory = policy_loss_factory(grpo_loss, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, kl_estimator="k3",
-                                  aggregation="token")
+    factory = rl_loss_factory(grpo_loss, {"clip_eps": cfg.clip_eps, "kl_coef": cfg.kl_coef, "kl_estimator": "k3",
+                                          "aggregation": "token"})
     trainer = _trainer_from(model_cfg, cfg.rl_lr, cfg.rl_steps, cfg.seed, mesh, devices, init_params=sft_params,
                             loss_fn_factory=factory)
     logp_fn = jax.jit(lambda p, x, t: token_log_probs(model.apply({"params": p}, x), t))
@@ -237,14 +222,13 @@ def grpo_against_rm(model_cfg: ModelConfig, sft_params, rm_params, cfg: RLHFConf
         batch = make_batch([pid for pid in pids for _ in range(g)], outs, cfg.seq_len, advantages=adv, rewards=rm)
         batch["old_logp"] = np.asarray(logp_fn(params, batch["inputs"], batch["targets"])) * batch["loss_mask"]
         batch["ref_logp"] = np.asarray(logp_fn(ref_params, batch["inputs"], batch["targets"])) * batch["loss_mask"]
-        mask = batch["loss_mask"]
-        kl = float(np.sum(np.asarray(kl_estimate(batch["old_logp"], batch["ref_logp"], "k3")) * mask) / mask.sum())
-        m = trainer.step(batch)
-        rec = {"rm_score": float(rm.mean()), "true_score": float(true.mean()), "kl": kl,
-               "response_len": float(mask.sum(-1).mean()), "loss": float(m["loss"])}
+        m = jax.device_get(trainer.step(batch))  # kl (k3, to the SFT policy), entropy, clip_frac from the loss
+        rec = {"rm_score": float(rm.mean()), "true_score": float(true.mean()), "kl": float(m["kl"]),
+               "entropy": float(m["entropy"]), "clip_frac": float(m["clip_frac"]),
+               "response_len": float(batch["loss_mask"].sum(-1).mean())}
         if writer is not None:
             writer.write(step, **rec)
-        bar.set_postfix(rm=f"{rec['rm_score']:.2f}", true=f"{rec['true_score']:.2f}", kl=f"{kl:.3f}")
+        bar.set_postfix(rm=f"{rec['rm_score']:.2f}", true=f"{rec['true_score']:.2f}", kl=f"{rec['kl']:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.rl_steps:
             c = check(step, _host(trainer.state.params))
             checks.append(c)
@@ -319,3 +303,43 @@ def _windows(records: list[dict], key: str, stop: int, end: int, half: int = 5) 
         vals = [r[key] for r in records if key in r and lo <= r["step"] <= hi]
         return float(np.mean(vals)) if vals else float("nan")
     return {"early_stop": mean(stop - half, stop + half), "end": mean(end - 2 * half + 1, end)}
+
+
+def report_markdown(s: dict, out_dir: Path, base: Path) -> str:
+    """The run report's RLHF section: numbers, plots and what happened, written from the numbers."""
+    rm, stop = s["reward_model"], s["early_stop_step"]
+    rel = lambda p: os.path.relpath(p, base)  # noqa: E731
+    fell = s["final_heldout_true"] < s["early_stop_heldout_true"]
+    rose = s["final_heldout_rm"] > s["early_stop_heldout_rm"]
+    verdict = ("the reward model was hacked: its score kept rising while the labeller's hidden true score fell"
+               if fell and rose else "no reward hacking showed up in this run (the true score did not fall "
+               "while the reward-model score rose)")
+    lines = [
+        "## RLHF (toy language, simulated labeller)", "",
+        f"Reward model (backbone from the SFT policy + scalar head, {rm['loss']} on {rm['train_rankings']} "
+        f"rankings of {s.get('k', 4)}): held-out pairwise accuracy **{rm['accuracy']:.3f}** on {rm['pairs']} pairs "
+        f"(95% CI {rm['ci95'][0]:.3f}-{rm['ci95'][1]:.3f}); the noisy labels themselves agree with the true "
+        f"order on {rm['label_agreement_with_true']:.3f} of those pairs, the reward model on "
+        f"{rm['accuracy_vs_true_order']:.3f} (pairs with different true scores).", "",
+        "| policy | held-out true score | held-out reward-model score |", "|---|---|---|",
+        f"| SFT (step 0) | {s['sft_heldout_true']:.3f} | {s['sft_heldout_rm']:.3f} |",
+        f"| early stop (step {stop}) | {s['early_stop_heldout_true']:.3f} | {s['early_stop_heldout_rm']:.3f} |",
+        f"| end (step {s['rl_steps']}) | {s['final_heldout_true']:.3f} | {s['final_heldout_rm']:.3f} |", "",
+        f"What happened: {verdict}. Early stopping on the held-out true score keeps step {stop}.", "",
+        f"![reward hacking]({rel(out_dir / 'reward_hacking.png')})", "", f"![kl]({rel(out_dir / 'kl.png')})", "",
+        "Samples (held-out prompts):", ""]
+    for when in ("sft", "early_stop", "final"):
+        lines += [f"- {when}: " + "; ".join(f"`{t}`" for t in s["samples"][when][:3])]
+    return "\n".join(lines)
+
+
+def rlhf_stage(ctx) -> dict:
+    """Speedrun stage: the toy RLHF run (~40 s CPU) with its report section.
+
+    Reads `ctx.cfg.rlhf` (an RLHFConfig) when the experiment config has one, else the defaults.
+    """
+    cfg = getattr(ctx.cfg, "rlhf", None) or RLHFConfig()
+    out_dir = ctx.stage_dir("rlhf")
+    summary = run_rlhf(out_dir, cfg, ctx.cfg.mesh)
+    summary["k"] = cfg.k
+    return {**summary, "report_md": report_markdown(summary, out_dir, ctx.run_dir)}

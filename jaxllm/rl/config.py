@@ -10,6 +10,7 @@ from jaxllm.train.optim import OptimConfig
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
     init: str = ""  # "" = the run's sft (else pretrain) checkpoint; or a pretrained model (load_pretrained spec)
+    remat: Literal["", "none", "full", "dots"] = ""  # "" keeps the model's setting; "full" saves memory on big models
     # task: problems {"question", "answer"}; "arithmetic" uses jaxllm.data.generators.arithmetic's knobs
     task: Literal["arithmetic", "gsm_symbolic", "asdiv"] = "arithmetic"
     kind: Literal["expression", "word", "mixed"] = "expression"  # arithmetic only
@@ -33,7 +34,7 @@ class RLConfig:
     prompts_per_step: int = 8
     group_size: int = 8  # completions per prompt (the video samples 15)
     max_new_tokens: int = 64
-    seq_len: int = 192  # prompt + completion tokens per row (padded)
+    seq_len: int = 128  # prompt + completion tokens per row (padded)
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0

@@ -67,6 +67,6 @@ def pairs_loss_fn(apply_fn: Callable, loss: str = "dpo", beta: float = 0.1) -> C
         pol = sequence_log_probs(logits, batch["targets"], mask)  # [2 * pairs]
         ref = jnp.sum(batch["ref_logp"] * mask, axis=-1)
         value, aux = fn(pol[0::2], pol[1::2], ref[0::2], ref[1::2], beta)
-        return value, {**aux, "nll": value}
+        return value, {"nll": value, "metrics": aux}  # margin, pair_accuracy come out of the step
 
     return loss_fn

@@ -105,7 +105,7 @@ def greedy_accuracy(params, model_cfg, tokenizer, problems: Sequence[dict], temp
     correct = score(texts, [p["answer"] for p in problems], reward_fn, **reward_options) >= 1.0
     k, n = int(correct.sum()), len(problems)
     lo, hi = wilson_interval(k, n)
-    return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi],
+    return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi], "per_problem": correct.astype(int).tolist(),
             "response_len": float(np.mean([len(o) for o in outs])) if outs else 0.0,
             "examples": [{"question": p["question"], "completion": t, "answer": p["answer"]}
                          for p, t in zip(problems[:3], texts[:3])]}
@@ -119,6 +119,16 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_z(before: Sequence[int], after: Sequence[int]) -> tuple[float, int, int]:
+    """Paired test on the same problems: z = (gained - lost) / sqrt(gained + lost), with the two counts.
+
+    More powerful than comparing two proportions when before and after are scored on one problem set.
+    """
+    gained = sum(1 for b, a in zip(before, after) if a and not b)
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    return ((gained - lost) / math.sqrt(gained + lost) if gained + lost else 0.0), gained, lost
 
 
 def two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> float:

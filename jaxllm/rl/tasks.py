@@ -19,7 +19,8 @@ def load_problems(cfg: RLConfig, split: str, n: int, seed: int = 0) -> list[dict
     if cfg.task == "arithmetic":
         from jaxllm.data.generators.arithmetic import make_problems
 
-        n = min(n, max(1, int(0.7 * (1 - 0.2) * distinct_expressions(cfg)))) if cfg.kind == "expression" else n
+        share = 0.8 if split == "train" else 0.2  # make_problems' test_fraction
+        n = min(n, max(1, int(0.9 * share * distinct_expressions(cfg)))) if cfg.kind == "expression" else n
         probs = make_problems(n, seed=seed, split=split, kind=cfg.kind, min_digits=cfg.min_digits,
                               max_digits=cfg.max_digits, min_ops=cfg.min_ops, max_ops=cfg.max_ops, ops=cfg.ops)
         return [{"question": p.question, "answer": p.answer} for p in probs]
@@ -49,7 +50,7 @@ def gsm_symbolic_problems(n: int, split: str, seed: int = 0, test_fraction: floa
         raise DataError("rl.task='gsm_symbolic' needs reasoning-gym: pip install reasoning-gym==0.1.25") from None
     out: list[dict] = []
     seen: set[str] = set()
-    size = max(4 * n, 64)
+    size = max(int(1.5 * n / (test_fraction if split == 'test' else 1 - test_fraction)) + 32, 64)
     ds = reasoning_gym.create_dataset("gsm_symbolic", size=size, seed=seed)
     for item in ds:
         q = item["question"]

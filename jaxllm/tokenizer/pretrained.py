@@ -100,4 +100,7 @@ def load_tokenizer(spec: str | Path) -> Tokenizer:
     if not Path(spec).exists():
         raise FileNotFoundError(f"tokenizer {str(spec)!r} is neither a directory nor a known encoding "
                                 f"({', '.join(ENCODINGS)}); train one with `jaxllm tokenizer train`")
+    if Path(spec).is_dir() and (Path(spec) / "tokenizer.json").exists():  # a Hugging Face byte-level BPE
+        from jaxllm.tokenizer.hf_bpe import HFBPETokenizer
+        return HFBPETokenizer.load(spec)
     return Tokenizer.load(spec)

@@ -19,8 +19,8 @@ from jaxllm.model.loss import cross_entropy_loss
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    time_budget_s: float = 0.0  # >0: stop after this many seconds of training (the schedule still uses `steps`)
+    steps: int = 1000  # 0 = fit the schedule to time_budget_s from a measured step time
+    time_budget_s: float = 0.0  # >0: stop after this many seconds of training
     grad_accum: int = 1  # micro-batches per step, accumulated inside the jitted step
     z_loss: float = 0.0
     seed: int = 0

@@ -1,0 +1,98 @@
+"""SmolLM2-135M greedy decoding on CPU: jaxllm's engine vs `transformers` on the same GGUF weights.
+
+    python benchmarks/decode_bench.py                 # batch 1 and 8, 32-token prompts, 128 new tokens
+    python benchmarks/decode_bench.py --threads 2 --repeats 2
+
+Reports tokens/s at each batch size and time to first token (TTFT) for a 512-token prompt, both
+sides in one run, with the ratio. Each number is the best of --repeats after a warm-up (compile)
+run. The load average is printed next to every number: on a shared machine, compare only numbers
+taken in the same run. Needs torch (CPU build: pip install torch==2.13.0), transformers, gguf, accelerate.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+
+
+def loadavg() -> str:
+    return os.getloadavg().__repr__() if hasattr(os, "getloadavg") else "?"
+
+
+def best(fn, repeats: int) -> float:
+    fn()  # warm-up: compiles / allocates
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--ttft-len", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses every core)")
+    ap.add_argument("--skip-hf", action="store_true")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+
+    import numpy as np
+
+    from jaxllm.cli.loader import load_model
+    from jaxllm.infer.engine import Engine, EngineConfig, SamplingParams
+    from jaxllm.model.hub import registry_file
+
+    model = dataclasses.replace(load_model("smollm2-135m-instruct", progress=False), stop_ids=())  # full lengths
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(100, 40000, size=(max(batches), args.prompt_len)).tolist()
+    long_prompt = rng.integers(100, 40000, size=args.ttft_len).tolist()
+    greedy = SamplingParams(temperature=0.0, max_tokens=args.new_tokens)
+    results = {}
+
+    max_len = max(args.ttft_len, args.prompt_len + args.new_tokens) + 64
+    for b in batches:
+        engine = Engine(model, EngineConfig(max_batch=b, max_len=max_len))
+        dt = best(lambda: engine.generate(prompts[:b], greedy), args.repeats)
+        results[("jaxllm", b)] = b * args.new_tokens / dt
+        print(f"jaxllm        batch {b}: {results[('jaxllm', b)]:7.1f} tok/s   (load {loadavg()})", flush=True)
+        if b == batches[0]:
+            dt = best(lambda: engine.generate([long_prompt], SamplingParams(temperature=0.0, max_tokens=1)),
+                      args.repeats)
+            results[("jaxllm", "ttft")] = dt
+            print(f"jaxllm        TTFT {args.ttft_len}-token prompt: {dt:.3f} s   (load {loadavg()})", flush=True)
+        engine.close()
+
+    if not args.skip_hf:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(args.threads)
+        path = registry_file("smollm2-135m-instruct", progress=False)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32).eval()
+
+        def hf_generate(ids, n):
+            with torch.no_grad():
+                hf.generate(torch.tensor(ids), attention_mask=torch.ones(len(ids), len(ids[0]), dtype=torch.long),
+                            max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+        for b in batches:
+            dt = best(lambda: hf_generate(prompts[:b], args.new_tokens), args.repeats)
+            results[("hf", b)] = b * args.new_tokens / dt
+            print(f"transformers  batch {b}: {results[('hf', b)]:7.1f} tok/s   (load {loadavg()})", flush=True)
+        dt = best(lambda: hf_generate([long_prompt], 1), args.repeats)
+        results[("hf", "ttft")] = dt
+        print(f"transformers  TTFT {args.ttft_len}-token prompt: {dt:.3f} s   (load {loadavg()})", flush=True)
+        for b in batches:
+            print(f"batch {b}: jaxllm / transformers = {results[('jaxllm', b)] / results[('hf', b)]:.2f}x")
+        print(f"TTFT: jaxllm / transformers = {results[('jaxllm', 'ttft')] / results[('hf', 'ttft')]:.2f}x "
+              "(lower is better)")
+
+
+if __name__ == "__main__":
+    main()
