@@ -19,7 +19,6 @@ host, e.g. 8 x H100 or a TPU v5e-8):
 """
 import dataclasses
 
-from jaxllm.model.hub import load_pretrained  # noqa: F401  (documents where the model comes from)
 from jaxllm.parallel import MeshConfig
 from jaxllm.recipes.experiment import Config
 from jaxllm.rl.config import RLConfig

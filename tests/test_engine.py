@@ -222,3 +222,17 @@ def test_load_model_from_run_dir(tmp_path):
         assert done.finish_reason in ("stop", "length") and done.prompt_tokens > 5
     finally:
         engine.close()
+
+
+def test_chat_cli_interactive_turns(monkeypatch, capsys):
+    import io
+
+    from jaxllm.cli import chat, loader
+
+    model = scripted_model(chain(["<|im_sep|>", *"Hi, Bob!", "<|im_end|>"]))
+    monkeypatch.setattr(loader, "load_model", lambda spec, progress=True: model)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n\nWho are you?\n/reset\nAgain\n/exit\n"))
+    args = types.SimpleNamespace(model="x", prompt=None, system="Be brief.", temperature=0.0, top_k=0, top_p=1.0,
+                                 seed=0, max_tokens=24, max_len=256, tools=False)
+    assert chat.chat_command(args) == 0
+    assert capsys.readouterr().out.count("Hi, Bob!\n") == 3

@@ -29,6 +29,16 @@ def test_gsm_symbolic_splits_are_disjoint():
     assert all(correctness_reward(f"#### {p['answer']}", p["answer"]) == 1.0 for p in train + test)
 
 
+def test_asdiv_problems_have_numeric_answers_and_disjoint_splits():
+    from jaxllm.rl.config import RLConfig
+    from jaxllm.rl.tasks import load_problems
+
+    train, test = (load_problems(RLConfig(task="asdiv"), split, 30) for split in ("train", "test"))
+    assert len(train) == len(test) == 30
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert all(isinstance(p["answer"], (int, float)) for p in train + test)
+
+
 @pytest.mark.slow
 def test_grpo_smollm2_runs_steps_on_cpu(tmp_path):
     from jaxllm.model.hub import load_pretrained
@@ -36,9 +46,10 @@ def test_grpo_smollm2_runs_steps_on_cpu(tmp_path):
     from jaxllm.recipes.rl import train_rl
 
     rl = dataclasses.replace(_experiment().CPU, steps=1, eval_problems=2, train_problems=8, prompts_per_step=1,
-                             group_size=2, max_new_tokens=16)
+                             group_size=8, max_new_tokens=16)
     pre = load_pretrained(rl.init, progress=False)
-    out = train_rl(tmp_path, pre.cfg, MeshConfig(), rl, pre.tokenizer, pre.params)
+    # FSDP over the 8 test devices: replicated (data-parallel) params would be 8 copies of 135M params + Adam
+    out = train_rl(tmp_path, pre.cfg, MeshConfig(data=1, fsdp=-1), rl, pre.tokenizer, pre.params)
     assert out["steps"] == 1 and out["before"]["n"] == 2
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     step = [r for r in rows if "reward_mean" in r][0]

@@ -73,16 +73,15 @@ def from_parts(name: str, cfg: ModelConfig, params, tokenizer, chat_template: st
 
 def from_pretrained(model) -> EvalModel:
     """Wrap a `jaxllm.model.hub.Pretrained` (config, params, tokenizer, its own chat template)."""
-    tok = model.tokenizer
-    render = None
-    if model.chat is not None:
-        template = model.chat
+    tok, template = model.tokenizer, model.chat
 
-        def render(messages: Messages) -> list[int]:
-            return tok.encode(template.render(list(messages)), allowed_special="all")
-    # models whose template starts with BOS get it from the template; raw text gets no BOS (as in their training)
+    def render(messages: Messages) -> list[int]:
+        return tok.encode(template.render(list(messages)), allowed_special="all")
+
+    # the chat template adds any BOS it wants; raw text gets no BOS (as these models were trained)
     tools = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
-    if model.chat is not None:
-        tools = tuple(model.chat.tag(s) for s in tools)
-    return EvalModel(model.name, model.cfg, model.params, tok, "chat" if render else "base", (), render,
+    if template is not None:
+        tools = tuple(template.tag(s) for s in tools)
+    return EvalModel(model.name, model.cfg, model.params, tok, "chat" if template else "base", (),
+                     render if template else None,
                      tuple(model.stop_ids), tools)

@@ -149,13 +149,26 @@ class StreamIterator:
         for s in self.streams:
             if str(s) not in state["streams"]:
                 raise ValueError(f"the checkpoint has no position for data stream {s}")
-            self._its[s].set_state(state["streams"][str(s)])
+            self._its[s].set_state(_json_fixed(state["streams"][str(s)]))
 
     def checkpoint_save(self):
         return StreamSave(self)
 
     def checkpoint_restore(self):
         return StreamRestore(self)
+
+
+def _json_fixed(state: Any) -> Any:
+    """Undo JSON's tuple → list in grain's ConcatThenSplit state: grain 0.2.18 compares
+    `remainder_slices` entries with the tuple (-1, -1), so a list [-1, -1] (empty buffer) restores to a
+    wrong position. Found by tests/test_multihost_data.py; affects grain's own checkpoint handler too."""
+    if isinstance(state, dict):
+        return {k: ({n: tuple(v) if isinstance(v, list) else v for n, v in val.items()}
+                    if k == "remainder_slices" and isinstance(val, dict) else _json_fixed(val))
+                for k, val in state.items()}
+    if isinstance(state, list):
+        return [_json_fixed(v) for v in state]
+    return state
 
 
 class StreamCheckpointHandler:

@@ -24,6 +24,7 @@ from jaxllm.data.sources import DataConfig
 from jaxllm.data.web import RecipeConfig, WebConfig
 from jaxllm.model import ModelConfig
 from jaxllm.parallel import MeshConfig
+from jaxllm.recipes.rlhf import RLHFConfig
 from jaxllm.recipes.sft import SFTConfig
 from jaxllm.tokenizer import TokenizerConfig
 from jaxllm.train.optim import OptimConfig
@@ -58,6 +59,7 @@ class Config:
     web: WebConfig = WebConfig()
     web_recipe: RecipeConfig = RecipeConfig(pages_per_source=100)
     sft: SFTConfig = SFTConfig()
+    rlhf: RLHFConfig = RLHFConfig()
     notes: str = ""
 
 
@@ -69,6 +71,7 @@ STAGES: dict[str, str] = {
     "pretrain": "jaxllm.recipes.stages:pretrain_stage",
     "evaluate": "jaxllm.recipes.stages:evaluate_stage",
     "sft": "jaxllm.recipes.sft:sft_stage",
+    "rlhf": "jaxllm.recipes.rlhf:rlhf_stage",
     "report": "jaxllm.recipes.report:report_stage",
 }
 
