@@ -24,6 +24,7 @@ from jaxllm.data.sources import DataConfig
 from jaxllm.data.web import RecipeConfig, WebConfig
 from jaxllm.model import ModelConfig
 from jaxllm.parallel import MeshConfig
+from jaxllm.parallel.distributed import sync
 from jaxllm.recipes.rlhf import RLHFConfig
 from jaxllm.recipes.sft import SFTConfig
 from jaxllm.tokenizer import TokenizerConfig
@@ -62,6 +63,9 @@ class Config:
     rlhf: RLHFConfig = RLHFConfig()
     notes: str = ""
 
+
+# Stages that prepare files on one machine: in a multi-process run only process 0 runs them.
+HOST_STAGES = ("web", "data", "tokenizer", "shards", "report")
 
 STAGES: dict[str, str] = {
     "web": "jaxllm.recipes.stages:web_stage",
@@ -124,7 +128,9 @@ def _load_config_json(path: Path) -> Config:
 
 
 def start_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
-    """Create a fresh run directory and write the resolved config into it."""
+    """Create a fresh run directory and write the resolved config into it (process 0 decides and writes)."""
+    if run_dir is None and jax.process_count() > 1:
+        raise ConfigError("with several processes pass --run-dir (every process must name the same directory)")
     if run_dir is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(cfg.runs_dir) / f"{cfg.name}-{stamp}"
@@ -133,11 +139,15 @@ def start_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
             n += 1
             run_dir = Path(cfg.runs_dir) / f"{cfg.name}-{stamp}-{n}"
     run_dir = Path(run_dir)
-    if (run_dir / "config.json").exists():
+    sync("start_run:check")
+    exists = (run_dir / "config.json").exists()
+    sync("start_run:checked")  # nobody writes before everybody has looked
+    if exists:
         raise ConfigError(f"{run_dir} already holds a run; run `jaxllm run {run_dir}` to resume it")
     if jax.process_index() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(run_dir / "config.json", to_json(cfg))
+    sync("start_run:written")
     return run_dir
 
 
@@ -180,13 +190,17 @@ def run_stages(cfg: Config, run_dir: Path, only: tuple[str, ...] = ()) -> dict:
             continue
         print(f"[jaxllm] stage {name}: starting")
         t0 = time.time()
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, results=results)
-        out = resolve_stage(name)(ctx) or {}
-        out = {**out, "seconds": round(time.time() - t0, 2)}
-        results[name] = out
-        if jax.process_index() == 0:
-            _atomic_write(run_dir / "stages.json", json.dumps(results, indent=2, default=str))
-        print(f"[jaxllm] stage {name}: done in {out['seconds']:.1f}s")
+        if jax.process_index() == 0 or name not in HOST_STAGES:
+            ctx = RunContext(cfg=cfg, run_dir=run_dir, results=results)
+            out = resolve_stage(name)(ctx) or {}
+            out = {**out, "seconds": round(time.time() - t0, 2)}
+            results[name] = out
+            if jax.process_index() == 0:
+                _atomic_write(run_dir / "stages.json", json.dumps(results, indent=2, default=str))
+        sync(f"stage:{name}")
+        if jax.process_index() != 0 and name in HOST_STAGES:
+            results = read_stage_results(run_dir)  # process 0's results
+        print(f"[jaxllm] stage {name}: done in {time.time() - t0:.1f}s")
     return results
 
 
