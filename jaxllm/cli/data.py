@@ -36,7 +36,12 @@ def add_parser(sub) -> None:
     inspect.add_argument("--split", default="all", choices=("all", "train", "validation"), help="which documents to show")
     inspect.add_argument("--chars", type=int, default=400, help="characters of each document to show (default 400)")
     _add_common(inspect)
-    # options of other data views (e.g. a decoded packed batch from jaxllm.data.pipeline) go here
+    inspect.add_argument("--batch", metavar="SHARD_DIR", default=None,
+                         help="instead of documents, show a decoded packed batch from a token-shard directory "
+                              "(e.g. runs/<run>/shards/train); NAME is then ignored")
+    inspect.add_argument("--tokenizer", default=None, help="with --batch: tokenizer dir (default: from the shards' manifest)")
+    inspect.add_argument("--seq-len", type=int, default=64, help="with --batch: row length (default 64)")
+    inspect.add_argument("--rows", type=int, default=2, help="with --batch: rows to show (default 2)")
     inspect.set_defaults(func=inspect_command)
 
 
@@ -137,7 +142,23 @@ def fetch_command(args) -> int:
 
 
 @_user_errors
+def inspect_batch(args) -> int:
+    from jaxllm.data.pipeline import PipelineConfig, describe_batch, make_pretrain_iterator
+    from jaxllm.data.shards import read_manifest
+    from jaxllm.tokenizer import load_tokenizer
+
+    manifest = read_manifest(args.batch)
+    tok = load_tokenizer(args.tokenizer or manifest["tokenizer_dir"])
+    cfg = PipelineConfig(seq_len=args.seq_len, batch_size=args.rows, prefetch=0)
+    batch = next(make_pretrain_iterator(args.batch, cfg))
+    print(describe_batch(batch, tok, max_rows=args.rows))
+    print(f"\n{manifest['documents']:,} documents, {manifest['tokens']:,} tokens, {manifest['bytes']:,} bytes in {args.batch}")
+    return 0
+
+
 def inspect_command(args) -> int:
+    if args.batch:
+        return inspect_batch(args)
     source = _source(args.name, args)
     shown = 0
     for doc in source.documents(args.split):
