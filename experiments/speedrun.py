@@ -5,7 +5,7 @@
     jaxllm run speedrun --set train.time_budget_s=300 --set optim.lr=2e-3
 
 Stages: web (real HTML pages from Debian doc packages and e-mails, packed as WARC with planted cases,
-through the FineWeb-style pipeline) → data → tokenizer → shards → pretrain → evaluate → sft → report.
+through the FineWeb-style pipeline) → data → tokenizer → shards → pretrain → evaluate → sft → rl → report.
 Data: the English Wikipedia summaries plus the unique BoolQ passages (22,304 documents, 12.1 MB)
 plus the web stage's clean pages, fetched from package registries into $JAXLLM_CACHE; 2% of
 documents (by id hash) are held out.
@@ -14,6 +14,7 @@ from jaxllm.data.pipeline import PipelineConfig
 from jaxllm.data.sources import DataConfig
 from jaxllm.model.presets import tiny, tiny_hparams
 from jaxllm.recipes.experiment import Config, SampleConfig
+from jaxllm.rl.config import RLConfig
 from jaxllm.tokenizer import TokenizerConfig
 from jaxllm.train.optim import OptimConfig
 from jaxllm.train.step import TrainConfig
@@ -27,7 +28,7 @@ def config(depth: int = 3) -> Config:
     hp = tiny_hparams(depth)
     return Config(
         name="speedrun",
-        stages=("web", "data", "tokenizer", "shards", "pretrain", "evaluate", "sft", "report"),
+        stages=("web", "data", "tokenizer", "shards", "pretrain", "evaluate", "sft", "rl", "report"),
         data=DataConfig(sources=("wikipedia-summaries", "boolq-passages", "web"), val_fraction=0.02),
         tokenizer=TokenizerConfig(vocab_size=VOCAB),
         pipeline=PipelineConfig(seq_len=SEQ_LEN, batch_size=hp["batch_size"], seed=0),
@@ -36,6 +37,8 @@ def config(depth: int = 3) -> Config:
                           min_lr_ratio=hp["min_lr_ratio"], weight_decay=hp["weight_decay"]),
         train=TrainConfig(steps=0, time_budget_s=BUDGET_S, eval_every=250, eval_batches=40,
                           sample_every=500, checkpoint_every=250, log_every=25),
+        rl=RLConfig(steps=30, prompts_per_step=16, group_size=8, temperature=0.8, eval_problems=400, eval_every=10,
+                    optim=OptimConfig(lr=1e-4, warmup_steps=0, schedule="constant", weight_decay=0.0)),
         sample=SampleConfig(prompts=("The capital of France is", "In 1905, Albert Einstein", "The river"),
                             max_new_tokens=40),
     )

@@ -33,5 +33,12 @@ def config(depth: int = 2):
         "sft.train.checkpoint_every=2",
         "sft.data.batch_size=8",
         "sft.eval_trials=2",
+        "rl.steps=2",
+        "rl.prompts_per_step=2",
+        "rl.group_size=2",
+        "rl.eval_problems=8",
+        "rl.probe_problems=8",
+        "rl.max_new_tokens=16",
+        "rl.seq_len=64",
     ])
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=512, max_seq_len=64))

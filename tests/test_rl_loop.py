@@ -131,6 +131,13 @@ def test_difficulty_levels_and_problem_counts():
     from jaxllm.recipes.rl import parse_level
     from jaxllm.rl.tasks import distinct_expressions, load_problems
 
+    from jaxllm.recipes.rl import pick_level
+
+    probe = [{"level": "1-1:1-1", "accuracy": 0.5}, {"level": "1-2:1-1", "accuracy": 0.17},
+             {"level": "2-2:1-1", "accuracy": 0.0}]
+    assert pick_level(probe, RLConfig(eval_problems=400))["level"] == "1-2:1-1"  # 1-1:1-1 has only 54 held out
+    assert pick_level(probe, RLConfig(eval_problems=40))["level"] == "1-1:1-1"  # both big enough: nearer 40%
+    assert pick_level(probe[2:], RLConfig())["level"] == "2-2:1-1"  # nothing in range: the nearest
     assert parse_level("1-2:1-1") == {"min_digits": 1, "max_digits": 2, "min_ops": 1, "max_ops": 1}
     with pytest.raises(ValueError, match="difficulty_ladder"):
         parse_level("easy")

@@ -24,7 +24,7 @@ def test_speedrun_smoke_runs_every_stage_and_resumes(tmp_path):
     assert stages["pretrain"]["steps"] == config["train"]["steps"]
     assert 0 < stages["evaluate"]["val_bpb"] < 10 and stages["evaluate"]["unigram_bpb"] > 0
     report = (run_dir / "report.md").read_text()
-    for section in ("## Web data", "## Tokenizer", "## Pretraining", "## Evaluation", "## Supervised finetuning"):
+    for section in ("## Web data", "## Tokenizer", "## Pretraining", "## Evaluation", "## Supervised finetuning", "## RL on verifiable rewards"):
         assert section in report
     assert (run_dir / "pretrain" / "loss.png").stat().st_size > 1000
     # running the finished directory again resumes: every stage is skipped, nothing is redone

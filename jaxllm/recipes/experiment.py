@@ -26,6 +26,7 @@ from jaxllm.model import ModelConfig
 from jaxllm.parallel import MeshConfig
 from jaxllm.parallel.distributed import sync
 from jaxllm.recipes.rlhf import RLHFConfig
+from jaxllm.rl.config import RLConfig
 from jaxllm.recipes.sft import SFTConfig
 from jaxllm.tokenizer import TokenizerConfig
 from jaxllm.train.optim import OptimConfig
@@ -60,6 +61,7 @@ class Config:
     web: WebConfig = WebConfig()
     web_recipe: RecipeConfig = RecipeConfig(pages_per_source=100)
     sft: SFTConfig = SFTConfig()
+    rl: RLConfig = RLConfig()
     rlhf: RLHFConfig = RLHFConfig()
     notes: str = ""
 
@@ -75,6 +77,7 @@ STAGES: dict[str, str] = {
     "pretrain": "jaxllm.recipes.stages:pretrain_stage",
     "evaluate": "jaxllm.recipes.stages:evaluate_stage",
     "sft": "jaxllm.recipes.sft:sft_stage",
+    "rl": "jaxllm.recipes.rl:rl_stage",
     "rlhf": "jaxllm.recipes.rlhf:rlhf_stage",
     "report": "jaxllm.recipes.report:report_stage",
 }

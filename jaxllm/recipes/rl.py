@@ -31,7 +31,7 @@ from jaxllm.recipes.pretrain import Trainer
 from jaxllm.rl import rollout
 from jaxllm.rl.config import RLConfig
 from jaxllm.rl.losses import token_entropy
-from jaxllm.rl.tasks import load_problems
+from jaxllm.rl.tasks import distinct_expressions, load_problems
 from jaxllm.train.checkpoint import Checkpointer, abstract_like
 from jaxllm.train.metrics import MetricsWriter, plot_curves, read_metrics
 from jaxllm.train.sharded import BATCH_SPEC, device_batch
@@ -87,9 +87,24 @@ def parse_level(level: str) -> dict:
     return {"min_digits": d0, "max_digits": d1, "min_ops": o0, "max_ops": o1}
 
 
+def pick_level(table: list[dict], rl: RLConfig) -> dict:
+    """The probe row to train at: inside rl.target_accuracy first, then with at least rl.eval_problems
+    held-out problems (fewer give wide intervals), then nearest the middle of the range."""
+    lo, hi = rl.target_accuracy
+    for row in table:
+        row["heldout_problems"] = min(rl.eval_problems, int(0.9 * 0.2 * distinct_expressions(
+            dataclasses.replace(rl, **parse_level(row["level"])))))
+
+    def rank(row):
+        return ((0.0 if lo <= row["accuracy"] <= hi else 1.0) + (0.5 if row["heldout_problems"] < rl.eval_problems else 0.0)
+                + abs(row["accuracy"] - (lo + hi) / 2))
+    return min(table, key=rank)
+
+
 def choose_difficulty(params, model_cfg: ModelConfig, tokenizer, rl: RLConfig, pad_id: int = 0) -> tuple[RLConfig, list]:
     """The arithmetic level of rl.difficulty_ladder where the model's greedy accuracy on training problems is
-    inside rl.target_accuracy and nearest its middle (else nearest the range); returns (config, probe table)."""
+    inside rl.target_accuracy, preferring levels with at least rl.eval_problems held-out problems, then the
+    one nearest the middle of the range; returns (config, probe table)."""
     reward_fn = resolve_function(rl.reward)
     lo, hi = rl.target_accuracy
     table = []
@@ -103,8 +118,7 @@ def choose_difficulty(params, model_cfg: ModelConfig, tokenizer, rl: RLConfig, p
         tqdm.write(f"  rl difficulty probe {level}: greedy accuracy {ev['accuracy']:.1%} of {ev['n']}")
         if ev["accuracy"] < lo:
             break  # harder levels will not be easier
-    distance = lambda row: (0.0 if lo <= row["accuracy"] <= hi else 1.0) + abs(row["accuracy"] - (lo + hi) / 2)  # noqa: E731
-    best = min(table, key=distance)
+    best = pick_level(table, rl)
     return dataclasses.replace(rl, **parse_level(best["level"])), table
 
 
