@@ -16,6 +16,7 @@ class Inner:
     names: tuple[str, ...] = ("x",)
     maybe: Optional[int] = None
     flag: bool = False
+    pair: tuple[float, int] = (0.5, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ def test_override_errors_name_the_key_and_fix(assignment, message):
 
 
 def test_json_round_trip_and_unknown_keys():
-    cfg = override(Outer(), ["inner.names=a,b", "inner.maybe=3"])
+    cfg = override(Outer(), ["inner.names=a,b", "inner.maybe=3", "inner.pair=0.25,3"])
+    assert cfg.inner.pair == (0.25, 3)
     again = from_dict(Outer, json.loads(to_json(cfg)))
     assert again == cfg
     with pytest.raises(ConfigError, match="unknown config key 'inner.stepz'"):
