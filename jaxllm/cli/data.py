@@ -141,7 +141,6 @@ def fetch_command(args) -> int:
     return 0
 
 
-@_user_errors
 def inspect_batch(args) -> int:
     from jaxllm.data.pipeline import PipelineConfig, describe_batch, make_pretrain_iterator
     from jaxllm.data.shards import read_manifest
@@ -156,6 +155,7 @@ def inspect_batch(args) -> int:
     return 0
 
 
+@_user_errors
 def inspect_command(args) -> int:
     if args.batch:
         return inspect_batch(args)
