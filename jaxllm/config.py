@@ -12,7 +12,6 @@ import importlib.util
 import json
 import sys
 import types
-import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -64,14 +63,13 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{path}: {value!r} does not fit {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run_command(args) -> int:
-    from jaxllm.config import ConfigError, override, to_json
+    from jaxllm.config import ConfigError, to_json
     from jaxllm.recipes.experiment import load_experiment, open_run, run_stages, start_run
 
     target = Path(args.target)
@@ -44,7 +44,7 @@ def run_command(args) -> int:
         run_dir = start_run(cfg, args.run_dir)
         print(f"[jaxllm] new run {run_dir}")
     print(to_json(cfg))
-    results = run_stages(cfg, run_dir, tuple(args.stage))
+    run_stages(cfg, run_dir, tuple(args.stage))
     report = run_dir / "report.md"
     print(f"[jaxllm] run finished: {run_dir}" + (f" (report: {report})" if report.exists() else ""))
     return 0

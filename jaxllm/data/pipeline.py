@@ -178,19 +178,27 @@ def make_eval_batches(shard_dir: str, cfg: PipelineConfig, max_batches: int | No
     import grain
 
     cfg = dataclasses.replace(cfg, seed=0)
-    rows = iter(_packed_rows(grain.MapDataset.source(ShardSource(shard_dir)), cfg))
-    global_rows = cfg.batch_size * process_count
+    rows = _packed_rows(grain.MapDataset.source(ShardSource(shard_dir)), cfg)
+    return batches_of_rows(rows, cfg.batch_size, cfg.seq_len, max_batches, process_index, process_count)
+
+
+def batches_of_rows(rows, batch_size: int, seq_len: int, max_batches: int | None = None, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Deterministic batches from an iterable of rows: each global group of rows is cut into per-process
+    slices; every process gets the same number of batches (short ones padded with empty rows)."""
+    rows = iter(rows)
+    global_rows = batch_size * process_count
     done = 0
     while max_batches is None or done < max_batches:
         group = [row for _, row in zip(range(global_rows), rows)]
         if not group:
             return
-        mine = group[process_index * cfg.batch_size:(process_index + 1) * cfg.batch_size]
+        mine = group[process_index * batch_size:(process_index + 1) * batch_size]
         if mine:
             batch = {k: np.stack([r[k] for r in mine]) for k in FIELDS}
         else:
-            batch = {k: np.zeros((0, cfg.seq_len), np.float32 if k == "loss_mask" else np.int32) for k in FIELDS}
-        yield _pad_batch(batch, cfg.batch_size)
+            batch = {k: np.zeros((0, seq_len), np.float32 if k == "loss_mask" else np.int32) for k in FIELDS}
+        yield _pad_batch(batch, batch_size)
         done += 1
 
 

@@ -26,7 +26,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from jaxllm.data.chat import FitStats, fit_conversation, get_template, read_jsonl
-from jaxllm.data.pipeline import FIELDS, _LIVE, _pad_batch
+from jaxllm.data.pipeline import _LIVE, _pad_batch, batches_of_rows
 from jaxllm.data.sources import DataError, _unit_hash
 
 
@@ -191,17 +191,5 @@ def make_sft_eval_batches(examples: list[dict], cfg: SFTDataConfig, max_batches:
     import grain
 
     cfg = dataclasses.replace(cfg, seed=0)
-    rows = iter(_rows(grain.MapDataset.source(examples), cfg))
-    global_rows = cfg.batch_size * process_count
-    done = 0
-    while max_batches is None or done < max_batches:
-        group = [row for _, row in zip(range(global_rows), rows)]
-        if not group:
-            return
-        mine = group[process_index * cfg.batch_size:(process_index + 1) * cfg.batch_size]
-        if mine:
-            batch = {k: np.stack([r[k] for r in mine]) for k in FIELDS}
-        else:
-            batch = {k: np.zeros((0, cfg.seq_len), np.float32 if k == "loss_mask" else np.int32) for k in FIELDS}
-        yield _pad_batch(batch, cfg.batch_size)
-        done += 1
+    rows = _rows(grain.MapDataset.source(examples), cfg)
+    return batches_of_rows(rows, cfg.batch_size, cfg.seq_len, max_batches, process_index, process_count)

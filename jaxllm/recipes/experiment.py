@@ -18,7 +18,7 @@ from typing import Callable
 
 import jax
 
-from jaxllm.config import ConfigError, from_dict, load_python_file, override, resolve_function, to_dict, to_json
+from jaxllm.config import ConfigError, load_json, load_python_file, override, resolve_function, to_json
 from jaxllm.data.pipeline import PipelineConfig
 from jaxllm.data.sources import DataConfig
 from jaxllm.data.web import RecipeConfig, WebConfig
@@ -104,7 +104,7 @@ def load_experiment(spec: str, overrides: tuple[str, ...] = (), **kwargs) -> Con
     """An experiment file path, an experiment name in experiments/, or a saved config.json."""
     path = Path(spec)
     if path.suffix == ".json":
-        cfg = _load_config_json(path)
+        cfg = load_json(Config, path)
     else:
         if path.suffix != ".py":
             candidates = [d / f"{spec}.py" for d in experiments_dirs()]
@@ -118,16 +118,6 @@ def load_experiment(spec: str, overrides: tuple[str, ...] = (), **kwargs) -> Con
         if not isinstance(cfg, Config):
             raise ConfigError(f"{path}: config() must return jaxllm.recipes.experiment.Config, got {type(cfg).__name__}")
     return override(cfg, list(overrides))
-
-
-def _load_config_json(path: Path) -> Config:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e})") from None
-    return from_dict(Config, data)
 
 
 def start_run(cfg: Config, run_dir: str | Path | None = None) -> Path:
@@ -159,7 +149,7 @@ def open_run(run_dir: str | Path) -> tuple[Config, Path]:
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json); "
                           "pass an experiment name or file to start a new run")
-    return _load_config_json(run_dir / "config.json"), run_dir
+    return load_json(Config, run_dir / "config.json"), run_dir
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -205,7 +195,3 @@ def run_stages(cfg: Config, run_dir: Path, only: tuple[str, ...] = ()) -> dict:
             results = read_stage_results(run_dir)  # process 0's results
         print(f"[jaxllm] stage {name}: done in {time.time() - t0:.1f}s")
     return results
-
-
-def config_dict(cfg: Config) -> dict:
-    return to_dict(cfg)

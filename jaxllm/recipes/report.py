@@ -1,7 +1,6 @@
 """`report.md` for a run: config, data and tokenizer stats, curves, evaluations and samples."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from pathlib import Path
 
 import numpy as np
 
 from jaxllm.data import sources
 from jaxllm.data.pipeline import make_eval_batches
-from jaxllm.data.shards import ShardSource, read_manifest, write_shards
+from jaxllm.data.shards import ShardSource, write_shards
 from jaxllm.data.web import register_output, run_pipeline
 from jaxllm.data.web.recipe import build_warcs
 from jaxllm.eval.bpb import token_byte_lengths, unigram_bpb
