@@ -54,7 +54,6 @@ def train_ours(cfg, run_dir: Path, results: dict, minutes: float) -> dict:
 
 def train_torch(cfg, results: dict, minutes: float, lr: float, threads: int = 2, seed: int = 0) -> dict:
     import torch
-    import torch.nn as tnn
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
@@ -65,43 +64,9 @@ def train_torch(cfg, results: dict, minutes: float, lr: float, threads: int = 2,
     stream = np.concatenate([src[i] for i in range(len(src))]).astype(np.int64)  # documents, BOS-separated
     rng = np.random.default_rng(seed)
 
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = tnn.LayerNorm(d), tnn.LayerNorm(d)
-            self.qkv, self.proj = tnn.Linear(d, 3 * d), tnn.Linear(d, d)
-            self.fc, self.out = tnn.Linear(d, 4 * d), tnn.Linear(4 * d, d)
+    from torch_gpt import GPT
 
-        def forward(self, x):
-            b, t, _ = x.shape
-            q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-            q, k, v = (z.view(b, t, n_heads, d // n_heads).transpose(1, 2) for z in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-            x = x + self.proj(y)
-            return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-    class GPT(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = tnn.Embedding(vocab, d), tnn.Embedding(ctx, d)
-            self.blocks = tnn.ModuleList(Block() for _ in range(n_layers))
-            self.ln_f = tnn.LayerNorm(d)
-            self.apply(self._init)
-
-        @staticmethod
-        def _init(m):
-            if isinstance(m, (tnn.Linear, tnn.Embedding)):
-                tnn.init.normal_(m.weight, std=0.02)
-            if isinstance(m, tnn.Linear) and m.bias is not None:
-                tnn.init.zeros_(m.bias)
-
-        def forward(self, idx):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for blk in self.blocks:
-                x = blk(x)
-            return self.ln_f(x) @ self.wte.weight.T
-
-    model = GPT()
+    model = GPT(vocab, ctx, d, n_layers, n_heads)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

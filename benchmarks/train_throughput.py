@@ -46,40 +46,14 @@ def ours(cfg: ModelConfig, batch: int, steps: int) -> float:
 
 def theirs(cfg: ModelConfig, batch: int, steps: int, threads: int = 2) -> float:
     import torch
-    import torch.nn as tnn
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     d, h, T, V = cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.vocab_size
 
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = tnn.LayerNorm(d), tnn.LayerNorm(d)
-            self.qkv, self.proj = tnn.Linear(d, 3 * d), tnn.Linear(d, d)
-            self.fc, self.out = tnn.Linear(d, cfg.d_ff), tnn.Linear(cfg.d_ff, d)
+    from torch_gpt import GPT
 
-        def forward(self, x):
-            b, t, _ = x.shape
-            q, k, v = (z.view(b, t, h, d // h).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(d, dim=2))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
-            x = x + self.proj(y)
-            return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-    class GPT(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = tnn.Embedding(V, d), tnn.Embedding(T, d)
-            self.blocks = tnn.ModuleList(Block() for _ in range(cfg.n_layers))
-            self.ln_f = tnn.LayerNorm(d)
-
-        def forward(self, idx):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for blk in self.blocks:
-                x = blk(x)
-            return self.ln_f(x) @ self.wte.weight.T
-
-    model = GPT()
+    model = GPT(V, T, d, cfg.n_layers, h, cfg.d_ff)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     b = batch_of(batch, T, V)
     x, y = torch.from_numpy(b["inputs"].astype(np.int64)), torch.from_numpy(b["targets"].astype(np.int64))
