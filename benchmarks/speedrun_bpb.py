@@ -35,7 +35,9 @@ def prepare(run_dir: Path | None):
     if run_dir is not None and (run_dir / "config.json").exists():
         cfg, run_dir = open_run(run_dir)
     else:
-        cfg = load_experiment("speedrun", ("tokenizer.vocab_size=4096", "pipeline.seq_len=256"))
+        # the corpus: no web pages, whatever the speedrun's own default sources are
+        cfg = load_experiment("speedrun", ("tokenizer.vocab_size=4096", "pipeline.seq_len=256",
+                                           "data.sources=wikipedia-summaries,boolq-passages"))
         run_dir = start_run(cfg, run_dir)
     results = run_stages(override(cfg, ["stages=data,tokenizer,shards"]), run_dir)
     return cfg, run_dir, results

@@ -48,8 +48,8 @@ def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
 class Proj(nn.Module):
     """A linear map; kernel [*in, *out] and optional bias [*out].
 
-    Computed as one 2-D matmul on flattened dims (XLA:CPU runs that ~1.4x faster than the
-    equivalent multi-dim einsum).
+    Computed as one 2-D matmul [batch*length, in] @ [in, out]: XLA:CPU runs that, and above all its
+    backward pass, ~2x faster than a 3-D dot (which makes it transpose-copy fused gradients).
     """
 
     cfg: ModelConfig
@@ -65,7 +65,7 @@ class Proj(nn.Module):
         in_shape, out_shape = self.kernel_shape[: -self.n_out], self.kernel_shape[-self.n_out:]
         n_in, n_out = math.prod(in_shape), math.prod(out_shape)
         lead = x.shape[: x.ndim - len(in_shape)]
-        y = x.astype(dt).reshape(*lead, n_in) @ kernel.astype(dt).reshape(n_in, n_out)
+        y = x.astype(dt).reshape(-1, n_in) @ kernel.astype(dt).reshape(n_in, n_out)
         if self.cfg.use_bias:
             y = y + _param(self, "bias", nn.initializers.zeros, out_shape, self.kernel_axes[-self.n_out:]).astype(dt).reshape(n_out)
         return y.reshape(*lead, *out_shape)
