@@ -279,10 +279,11 @@ def test_sft_batches_have_pretraining_format(tok, sft_files):
             assert all(set(np.unique(b["segment_ids"])) <= {0, 1} for b in batches)
         else:
             assert max(int(b["segment_ids"].max()) for b in batches) > 1  # several conversations per row
-        state = it.get_state()
+        state = json.loads(json.dumps(it.get_state()))  # as a checkpoint stores it
         nxt = next(it)
-        it.set_state(state)
-        again = next(it)
+        fresh = make_sft_iterator(data.train, cfg, prefetch=0)  # as a new process would
+        fresh.set_state(state)
+        again = next(fresh)
         assert all(np.array_equal(nxt[k], again[k]) for k in nxt)  # exact resume
 
 
