@@ -28,7 +28,7 @@ def config(depth: int = 3) -> Config:
     hp = tiny_hparams(depth)
     return Config(
         name="speedrun",
-        stages=("web", "data", "tokenizer", "shards", "pretrain", "evaluate", "sft", "rl", "report"),
+        stages=("web", "data", "tokenizer", "shards", "pretrain", "evaluate", "sft", "rl", "demos", "report"),
         data=DataConfig(sources=("wikipedia-summaries", "boolq-passages", "web"), val_fraction=0.02),
         tokenizer=TokenizerConfig(vocab_size=VOCAB),
         pipeline=PipelineConfig(seq_len=SEQ_LEN, batch_size=hp["batch_size"], seed=0),

@@ -32,3 +32,12 @@ def test_speedrun_smoke_runs_every_stage_and_resumes(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.count("done earlier, skipping") == len(config["stages"])
+
+
+def test_stage_selection_accepts_commas_and_names_stages_missing_from_the_run(tmp_path):
+    from jaxllm.config import override
+    from jaxllm.recipes.experiment import load_experiment, run_stages
+
+    cfg = override(load_experiment("speedrun_smoke"), ["stages=data,report"])
+    with pytest.raises(ValueError, match=r"demos not in this run's stages \(data, report\).*config.json"):
+        run_stages(cfg, tmp_path, ("demos,report",))

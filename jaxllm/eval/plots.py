@@ -74,3 +74,24 @@ def plot_counts(counts: Mapping[str, int], path: str | Path, title: str) -> Path
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, title: str, xlabel: str = "position",
+               ylabel: str = "") -> Path:
+    """One line per named series against its index (e.g. per-token loss along a document)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for name, ys in series.items():
+        ax.plot(np.arange(1, len(ys) + 1), ys, label=name, linewidth=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -25,6 +25,7 @@ from jaxllm.data.web import RecipeConfig, WebConfig
 from jaxllm.model import ModelConfig
 from jaxllm.parallel import MeshConfig
 from jaxllm.parallel.distributed import sync
+from jaxllm.recipes.demos import DemosConfig
 from jaxllm.recipes.rlhf import RLHFConfig
 from jaxllm.rl.config import RLConfig
 from jaxllm.recipes.sft import SFTConfig
@@ -63,6 +64,7 @@ class Config:
     sft: SFTConfig = SFTConfig()
     rl: RLConfig = RLConfig()
     rlhf: RLHFConfig = RLHFConfig()
+    demos: DemosConfig = DemosConfig()
     notes: str = ""
 
 
@@ -79,6 +81,7 @@ STAGES: dict[str, str] = {
     "sft": "jaxllm.recipes.sft:sft_stage",
     "rl": "jaxllm.recipes.rl:rl_stage",
     "rlhf": "jaxllm.recipes.rlhf:rlhf_stage",
+    "demos": "jaxllm.recipes.demos:demos_stage",
     "report": "jaxllm.recipes.report:report_stage",
 }
 
@@ -174,6 +177,11 @@ def run_stages(cfg: Config, run_dir: Path, only: tuple[str, ...] = ()) -> dict:
     """Run the config's stages in order, skipping finished ones; returns all stage results."""
     for name in cfg.stages:
         resolve_stage(name)  # fail fast on a typo before hours of work
+    only = tuple(n.strip() for item in only for n in item.split(",") if n.strip())  # "--stage a,b" too
+    missing = [n for n in only if n not in cfg.stages]
+    if missing:
+        raise ValueError(f"stage(s) {', '.join(missing)} not in this run's stages ({', '.join(cfg.stages)}); "
+                         f"add them to 'stages' in {run_dir}/config.json (in pipeline order) to run them here")
     results = read_stage_results(run_dir)
     for name in cfg.stages:
         if only and name not in only:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 
 import numpy as np
@@ -25,7 +26,54 @@ from jaxllm.tokenizer import Tokenizer, train_tokenizer
 
 def _documents(ctx: RunContext, split: str):
     register_web_output(ctx)
-    return sources.documents(ctx.cfg.data, split)
+    docs = sources.documents(ctx.cfg.data, split)
+    plan = planted_documents(ctx)
+    return docs if plan is None else with_planted(docs, plan, split)
+
+
+# ---------------------------------------------------------------- the regurgitation demo's planted documents
+def planted_documents(ctx: RunContext) -> dict | None:
+    """Two held-aside documents for the regurgitation demo, or None when planting is off.
+
+    On when the run has a `demos` stage and demos.plant_repeats > 0: the first two validation documents
+    of a moderate length (demos.plant_chars) leave the validation split; one ("repeated") goes into the
+    training split plant_repeats times, the other ("once") once, as the control. Decided once and kept
+    in data/planted.json, so the tokenizer and shards stages (and a resumed run) plant the same ones.
+    """
+    demos = getattr(ctx.cfg, "demos", None)
+    if demos is None or demos.plant_repeats <= 0 or "demos" not in ctx.cfg.stages:
+        return None
+    path = ctx.run_dir / "data" / "planted.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    lo, hi = demos.plant_chars
+    register_web_output(ctx)
+    picked = list(itertools.islice((d for d in sources.documents(ctx.cfg.data, "validation")
+                                    if lo <= len(d["text"]) <= hi), 2))
+    if len(picked) < 2:
+        raise ValueError(f"demos.plant_chars={demos.plant_chars}: fewer than two validation documents of that many "
+                         "characters to plant; widen the range or set demos.plant_repeats=0")
+    plan = {"repeats": demos.plant_repeats,
+            "repeated": {"source_id": picked[0]["id"], "text": picked[0]["text"]},
+            "once": {"source_id": picked[1]["id"], "text": picked[1]["text"]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".planted.json.tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, path)
+    return plan
+
+
+def with_planted(docs, plan: dict, split: str):
+    """`docs` without the two planted documents, plus (in the training split) their planted copies first."""
+    held = {plan["repeated"]["source_id"], plan["once"]["source_id"]}
+    if split in ("train", "all"):
+        for i in range(plan["repeats"]):
+            yield {"id": f"planted/repeated/{i}", "text": plan["repeated"]["text"], "source": "planted",
+                   "meta": {"planted": "repeated", "copy": i}}
+        yield {"id": "planted/once", "text": plan["once"]["text"], "source": "planted", "meta": {"planted": "once"}}
+    for doc in docs:
+        if doc["id"] not in held:
+            yield doc
 
 
 def register_web_output(ctx: RunContext) -> None:
@@ -57,6 +105,10 @@ def data_stage(ctx: RunContext) -> dict:
             n_docs += 1
             n_bytes += len(doc["text"].encode("utf-8"))
         stats[split] = {"documents": n_docs, "bytes": n_bytes}
+    plan = planted_documents(ctx)
+    if plan is not None:
+        stats["planted"] = {"repeats": plan["repeats"], "repeated": plan["repeated"]["source_id"],
+                            "once": plan["once"]["source_id"], "chars": [len(plan[k]["text"]) for k in ("repeated", "once")]}
     return {"sources": list(ctx.cfg.data.sources), **stats}
 
 
