@@ -5,6 +5,9 @@
 - idk: questions nobody can answer; the rate of "I don't know"-style replies.
 - tool-use: big arithmetic and letter counting with the python tool (sandboxed); right answer rate.
 - 9.11-vs-9.9: "which is bigger" asked many times with sampling; the share that says 9.9.
+- knowledge probing ("I don't know", Llama 3 factuality): `probe_knowledge` asks each corpus question
+  several times and judges the replies; `knowledge_check` / `knowledge_change` measure hallucination on
+  invented people and accuracy on held-out questions the model knew, before and after.
 
 Chat models get each question as a user turn; base models a "User: ...\\nAssistant:" text prompt
 (the video's fake-conversation trick), reply cut at the first newline.
@@ -31,7 +34,7 @@ BIGGER_QUESTIONS = ("Which is bigger, 9.11 or 9.9?", "9.11 or 9.9: which number 
 
 
 def ask(model: EvalModel, questions: Sequence, *, temperature: float = 0.0, seed: int = 0,
-        max_new_tokens: int = MAX_NEW_TOKENS, system: Optional[str] = None) -> list[str]:
+        max_new_tokens: int = MAX_NEW_TOKENS, system: Optional[str] = None, batch_size: int = 16) -> list[str]:
     """Replies to questions (strings or message lists) in the model's own prompt format."""
     prompts = []
     for q in questions:
@@ -42,13 +45,22 @@ def ask(model: EvalModel, questions: Sequence, *, temperature: float = 0.0, seed
             text = q if isinstance(q, str) else "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in q)
             text = text if not isinstance(q, str) else f"User: {q}"
             prompts.append((f"System: {system}\n" if system else "") + f"{text}\nAssistant:")
-    return complete(model, prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
+    return complete(model, prompts, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size)
+
+
+def proportion(k: int, n: int) -> dict:
+    """A rate with its count and 95% Wilson interval: {"rate", "k", "n", "ci95"} (rate None when n = 0)."""
+    from jaxllm.rl.preferences import wilson_interval
+
+    lo, hi = wilson_interval(k, n)
+    return {"rate": k / n if n else None, "k": int(k), "n": int(n), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def _result(task: str, metric: str, flags: Sequence[bool], samples: list[dict], **extra) -> dict:
     rate = sum(flags) / max(len(flags), 1)
     return {"task": task, "kind": "behaviour", "metric": metric, "n": len(flags), "accuracy": rate, "chance": None,
-            **extra, "samples": samples}
+            "ci95": proportion(sum(flags), len(flags))["ci95"], **extra, "samples": samples}
 
 
 def identity_check(model: EvalModel, n: int = 20, seed: int = 0, **identity) -> dict:
@@ -83,6 +95,91 @@ def idk_check(model: EvalModel, n: int = 12, seed: int = 0) -> dict:
     replies = ask(model, qs, temperature=0.0 if n <= len(UNKNOWABLE) else 0.7, seed=seed)
     flags = [is_refusal(r) for r in replies]
     return _result("idk", "idk_rate", flags, [{"question": q, "reply": r, "idk": f} for q, r, f in zip(qs, replies, flags)])
+
+
+# ---------------------------------------------------------------- knowledge probing ("I don't know")
+AskFn = Callable[[Sequence[str], int], list[str]]  # (questions, seed) -> one reply per question
+JudgeFn = Callable[[str, dict], bool]  # (reply, qa) -> right?
+
+
+def asker(model: EvalModel, *, temperature: float = 0.0, max_new_tokens: int = MAX_NEW_TOKENS,
+          batch_size: int = 16, system: Optional[str] = None) -> AskFn:
+    """`ask` bound to one model and sampling setting: what probe_knowledge and knowledge_check call
+    (tests pass a scripted function instead)."""
+    def answer(questions: Sequence[str], seed: int = 0) -> list[str]:
+        return ask(model, list(questions), temperature=temperature, seed=seed, max_new_tokens=max_new_tokens,
+                   system=system, batch_size=batch_size)
+    return answer
+
+
+def model_judge(judge_model: EvalModel, min_score: int = 4) -> JudgeFn:
+    """String/number match first; otherwise a model grade (jaxllm.eval.judge, 1-5) of at least `min_score`.
+    A refusal is never right."""
+    from jaxllm.data.generators.knowledge import is_refusal, judge
+    from jaxllm.eval.judge import grade
+
+    def judge_fn(reply: str, qa: dict) -> bool:
+        if is_refusal(reply):
+            return False
+        return judge(reply, qa) or grade(judge_model, qa["question"], qa["answer"], reply)["score"] >= min_score
+    return judge_fn
+
+
+def probe_knowledge(answer: AskFn, qas: Sequence[dict], samples: int = 3, seed: int = 0,
+                    judge_fn: Optional[JudgeFn] = None) -> list[dict]:
+    """Ask every question `samples` times (sampled by `answer`) and judge each reply.
+
+    Returns one dict per question: the qa fields plus "replies", "correct" (one flag per reply),
+    "n_correct" and "samples"; jaxllm.data.generators.knowledge.probe_label turns them into labels."""
+    from jaxllm.data.generators.knowledge import judge
+
+    judge_fn = judge_fn or judge
+    replies = answer([qa["question"] for qa in qas for _ in range(samples)], seed)
+    if len(replies) != samples * len(qas):
+        raise ValueError(f"probe_knowledge: asked {samples * len(qas)} questions, got {len(replies)} replies")
+    out = []
+    for i, qa in enumerate(qas):
+        got = list(replies[i * samples:(i + 1) * samples])
+        ok = [bool(judge_fn(r, qa)) for r in got]
+        out.append({**qa, "replies": got, "correct": ok, "n_correct": sum(ok), "samples": samples})
+    return out
+
+
+def knowledge_check(answer: AskFn, qas: Sequence[dict], people: Sequence[dict], seed: int = 0,
+                    judge_fn: Optional[JudgeFn] = None) -> dict:
+    """One (greedy) reply per held-out question: corpus QA judged right/wrong/refused, and invented people
+    (any non-refusal is a hallucination). Rates come with n and a 95% interval."""
+    from jaxllm.data.generators.knowledge import is_refusal, judge
+
+    judge_fn = judge_fn or judge
+    replies = answer([q["question"] for q in qas] + [p["question"] for p in people], seed)
+    qa_rows = [{"question": q["question"], "answer": q["answer"], "reply": r, "correct": bool(judge_fn(r, q)),
+                "refused": is_refusal(r)} for q, r in zip(qas, replies)]
+    people_rows = [{"question": p["question"], "reply": r, "refused": is_refusal(r)}
+                   for p, r in zip(people, replies[len(qas):])]
+    n_qa, n_people = len(qa_rows), len(people_rows)
+    return {"hallucination": proportion(sum(not r["refused"] for r in people_rows), n_people),
+            "qa_accuracy": proportion(sum(r["correct"] for r in qa_rows), n_qa),
+            "qa_refusal": proportion(sum(r["refused"] for r in qa_rows), n_qa),
+            "qa": qa_rows, "people": people_rows}
+
+
+def knowledge_change(before: dict, after: dict, max_drop_points: float = 5.0) -> dict:
+    """Compare two knowledge_check results on the same questions. "Known" = answered right before (greedy,
+    so 100% before by construction): the accuracy on them after must not fall more than max_drop_points;
+    refusing everything would fail this. Also how often the questions missed before are refused."""
+    if [r["question"] for r in before["qa"]] != [r["question"] for r in after["qa"]]:
+        raise ValueError("knowledge_change: before and after were asked different questions")
+    known = [i for i, r in enumerate(before["qa"]) if r["correct"]]
+    missed = [i for i, r in enumerate(before["qa"]) if not r["correct"]]
+    kept = proportion(sum(after["qa"][i]["correct"] for i in known), len(known))
+    drop = None if not known else round(100.0 * (1.0 - kept["rate"]), 2)
+    return {"known_accuracy_before": proportion(len(known), len(known)), "known_accuracy_after": kept,
+            "known_drop_points": drop, "within_max_drop": None if drop is None else drop <= max_drop_points,
+            "max_drop_points": max_drop_points,
+            "known_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in known), len(known)),
+            "missed_refusal_before": proportion(sum(before["qa"][i]["refused"] for i in missed), len(missed)),
+            "missed_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in missed), len(missed))}
 
 
 _BIGGER = r"(?:bigger|larger|greater|higher)"

@@ -7,6 +7,7 @@ tool use on held-out questions before and after, with the number of trials besid
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import jax
@@ -25,6 +26,56 @@ from jaxllm.train.step import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
+class IDKConfig:
+    """Knowledge probing → "I don't know" (Llama 3 factuality), on the model the main SFT made.
+
+    Train-split corpus questions are asked `samples` times (sampled); every-time misses become refusals,
+    known ones (>= known_min right) answers; a short SFT on them (plus a replay of the main mixture)
+    follows. Measured greedily on held-out documents' questions and invented people, before and after."""
+    enabled: bool = True
+    init: str = ""  # idk_pretrained_stage only: a pretrained chat model, e.g. "smollm2-135m-instruct"
+    source: str = "wikipedia-summaries"  # the corpus the questions come from
+    probe_questions: int = 200  # train-split questions probed
+    samples: int = 3  # sampled answers per probed question
+    temperature: float = 0.7
+    known_min: int = 1  # right answers (of `samples`) that make a question "known"; 0 right → refusal
+    known_weight: float = 1.0  # weight of the answer conversations against the refusals (2.0 = twice each)
+    eval_questions: int = 100  # held-out corpus questions (their documents are never probed or trained)
+    eval_people: int = 80  # held-out invented people (hallucination rate)
+    max_new_tokens: int = 48
+    batch_size: int = 32  # generation batch
+    judge: str = ""  # "" = string/number match; a pretrained model name (e.g. smollm2-135m-instruct) adds a model judge
+    replay_weight: float = 0.3  # the main SFT mixture mixed back in at this weight (0 = refusal/answer data only)
+    max_drop_points: float = 5.0  # allowed drop in accuracy on held-out questions known before
+    data: SFTDataConfig = SFTDataConfig(batch_size=16, val_fraction=0.05)
+    optim: OptimConfig = OptimConfig(lr=5e-4, warmup_steps=10, weight_decay=0.0, min_lr_ratio=0.1)
+    train: TrainConfig = TrainConfig(steps=60, eval_every=30, eval_batches=4, sample_every=0, checkpoint_every=30,
+                                     log_every=10)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkConfig:
+    """Models need tokens to think: two short SFT runs from the same base model on the same problems, one
+    with step-by-step solutions and one answer-first, then held-out accuracy on bigger numbers."""
+    enabled: bool = True
+    problems: int = 5000  # training problems, the same ones (and order) for both variants
+    min_digits: int = 1
+    max_digits: int = 1
+    min_ops: int = 2  # two operations: the step-by-step solution writes an intermediate result down
+    max_ops: int = 2
+    ops: str = "+-*"
+    test_digits: int = 2  # held-out problems with operands this long ("bigger numbers")
+    test_problems: int = 100  # per test set (bigger, and same-size held-out)
+    max_new_tokens: int = 64
+    data: SFTDataConfig = SFTDataConfig(seq_len=96, batch_size=32, packing="pad", val_fraction=0.05)
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10, weight_decay=0.0, min_lr_ratio=0.1)
+    train: TrainConfig = TrainConfig(steps=160, eval_every=80, eval_batches=4, sample_every=0, checkpoint_every=80,
+                                     log_every=10)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class SFTConfig:
     # generated conversations: "generator:count" or "generator:count:key=value,key=value"
     mixture: tuple[str, ...] = ("identity:300", "arithmetic:1500:max_digits=2", "tool-python:800")
@@ -35,6 +86,8 @@ class SFTConfig:
                                      log_every=10)
     eval_trials: int = 30  # held-out questions per behaviour check, before and after
     seed: int = 0
+    idk: IDKConfig = IDKConfig()  # knowledge probing → "I don't know" (result["idk"])
+    think: ThinkConfig = ThinkConfig()  # step-by-step vs answer-first (result["think"])
 
 
 def parse_mixture(entries: tuple[str, ...]) -> dict:
@@ -61,10 +114,14 @@ def behaviour(name: str, model_cfg: ModelConfig, params, tokenizer, trials: int,
             "identity_samples": identity["samples"][:3], "tool_samples": tools["samples"][:3]}
 
 
-def sft(out_dir: Path, model_cfg: ModelConfig, init_params, tokenizer, cfg: SFTConfig, mesh: MeshConfig,
-        files: tuple[str, ...]) -> dict:
-    """Finetune `init_params` on the conversation files (resumable) and return loop metrics."""
-    data_cfg = dataclasses.replace(cfg.data, files=files, seq_len=model_cfg.max_seq_len)
+def sft(out_dir: Path, model_cfg: ModelConfig, init_params, tokenizer, cfg, mesh: MeshConfig,
+        files: tuple[str, ...], weights: tuple[float, ...] = (), seq_len: int | None = None) -> dict:
+    """Finetune `init_params` on the conversation files (resumable) and return loop metrics.
+
+    `cfg` is any config with .data, .optim, .train, .seed (SFTConfig, IDKConfig, ThinkConfig); rows
+    are `seq_len` tokens (default: the model's context)."""
+    data_cfg = dataclasses.replace(cfg.data, files=files, weights=weights or cfg.data.weights,
+                                   seq_len=seq_len or model_cfg.max_seq_len)
     data = load_sft_data(data_cfg, tokenizer)
     print(data.summary())
     trainer = Trainer.create(model_cfg, mesh, cfg.optim, cfg.train, cfg.seed, init_params=init_params)
@@ -74,6 +131,209 @@ def sft(out_dir: Path, model_cfg: ModelConfig, init_params, tokenizer, cfg: SFTC
                         tokens_per_step=data_cfg.batch_size * data_cfg.seq_len * jax.process_count(),
                         flops_per_tok=flops_per_token(model_cfg, data_cfg.seq_len), title="sft")
     return result | {"data": data.summary(), "params_out": trainer.state.params}
+
+
+# ---------------------------------------------------------------- knowledge probing → "I don't know"
+def idk_questions(cfg: IDKConfig, documents: list[dict] | None = None) -> tuple[list, list, list]:
+    """(probe questions, held-out questions, invented people). Held-out questions come from documents of the
+    other split, so none of them, nor any fact of their documents, is probed or trained on."""
+    from jaxllm.data.generators.knowledge import invented_people, qa_pairs
+    from jaxllm.data.generators.tool_use import load_documents, title_of
+
+    docs = documents if documents is not None else load_documents(cfg.source)
+    probe = qa_pairs(cfg.probe_questions, seed=cfg.seed, split="train", documents=docs)
+    heldout = qa_pairs(cfg.eval_questions, seed=cfg.seed, split="test", documents=docs)
+    people = invented_people(cfg.eval_people, seed=cfg.seed, split="test",
+                             exclude=frozenset(title_of(d) for d in docs))
+    overlap = ({q["source_id"] for q in probe} & {q["source_id"] for q in heldout}) | \
+              ({q["question"] for q in probe} & {q["question"] for q in heldout})
+    if overlap:  # the splits hash document ids, so this cannot happen; checked because the metric depends on it
+        raise RuntimeError(f"idk: held-out questions overlap the probed ones: {sorted(overlap)[:3]}")
+    return probe, heldout, people
+
+
+def _probe_key(model, cfg: IDKConfig, *question_lists) -> str:
+    """What the held-out check and probe depend on: the model (name + a fingerprint of its weights), the
+    questions and the sampling settings."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    h = hashlib.sha1()
+    for leaf in jax.tree.leaves(model.params):
+        h.update(str(leaf.shape).encode())
+        h.update(np.asarray(leaf.reshape(-1)[:4096], np.float32).tobytes())
+    for qs in question_lists:
+        h.update(json.dumps([q["question"] for q in qs]).encode())
+    return json.dumps({"model": model.name, "weights": h.hexdigest(), "questions": hashlib.sha1(
+        json.dumps([[q["question"] for q in qs] for qs in question_lists]).encode()).hexdigest(),
+        "samples": cfg.samples, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "judge": cfg.judge, "template": cfg.data.template})
+
+
+def _summary(check: dict) -> dict:
+    return {k: check[k] for k in ("hallucination", "qa_accuracy", "qa_refusal")}
+
+
+def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, replay_files: tuple[str, ...] = (),
+                        documents: list[dict] | None = None, judge_fn=None, side_checks: dict | None = None) -> dict:
+    """The Llama 3 factuality recipe on one model (a jaxllm.eval.model.EvalModel; cfg.data.template must be
+    its chat template): held-out check → probe → refusal/answer data → short SFT → held-out check.
+
+    `side_checks` {name: fn(model) -> behaviour result} run on the finetuned model too (e.g. identity:
+    a model that refuses everything fails them). Returns result["idk"] (see docs/sft.md); per-question
+    replies go to out_dir/eval.json."""
+    import json
+    import time
+
+    from jaxllm.data.chat import write_jsonl
+    from jaxllm.data.generators.knowledge import idk_training_set
+    from jaxllm.eval.behaviour import asker, knowledge_change, knowledge_check, probe_knowledge, proportion
+
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    probe_qas, heldout, people = idk_questions(cfg, documents)
+    greedy = dict(temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+
+    def log(msg):
+        print(f"[jaxllm] idk ({time.time() - t0:.0f} s): {msg}", flush=True)
+    key = _probe_key(model, cfg, probe_qas, heldout, people)
+    cache = out_dir / "probe.json"  # generation is the slow part: a rerun (resume, other SFT settings) reuses it
+    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+        saved = json.loads(cache.read_text())
+        before, probed = saved["before"], saved["probed"]
+        log(f"reusing the held-out check and probe in {cache}")
+    else:
+        log(f"held-out check before: {len(heldout)} corpus questions + {len(people)} invented people, greedy")
+        before = knowledge_check(asker(model, **greedy), heldout, people, cfg.seed, judge_fn)
+        log(f"hallucination {before['hallucination']['rate']:.0%}, accuracy {before['qa_accuracy']['rate']:.0%}; "
+            f"probing {len(probe_qas)} questions x {cfg.samples} samples")
+        sampled = asker(model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.batch_size)
+        probed = probe_knowledge(sampled, probe_qas, cfg.samples, cfg.seed, judge_fn)
+        if jax.process_index() == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
+    convs = idk_training_set(probed, cfg.seed, cfg.known_min)
+    labels = [c["meta"]["label"] for c in convs]
+    log(f"{labels.count('known')} known, {labels.count('unknown')} missed every time; finetuning")
+    if not convs:
+        raise RuntimeError("idk: every probed question was 'unsure'; lower idk.known_min or probe more questions")
+    files, weights = [], []
+    for label, name, weight in (("known", "idk-answers", cfg.known_weight), ("unknown", "idk-refusals", 1.0)):
+        part = [c for c in convs if c["meta"]["label"] == label]
+        if part and weight > 0:
+            files.append(str(write_jsonl(part, out_dir / "data" / f"{name}.jsonl")))
+            weights.append(weight)
+    if cfg.replay_weight > 0:
+        files += list(replay_files)
+        weights += [cfg.replay_weight] * len(replay_files)
+    run = sft(out_dir, model.cfg, model.params, model.tokenizer, cfg, mesh, tuple(files), weights=tuple(weights),
+              seq_len=min(cfg.data.seq_len, model.cfg.max_seq_len))
+    tuned = dataclasses.replace(model, name=f"{model.name}+idk", params=run.pop("params_out"))
+    log("held-out check after")
+    after = knowledge_check(asker(tuned, **greedy), heldout, people, cfg.seed, judge_fn)
+    change = knowledge_change(before, after, cfg.max_drop_points)
+    side = {}
+    for name, check in (side_checks or {}).items():
+        r = check(tuned)
+        side[name] = {**proportion(round(r["accuracy"] * r["n"]), r["n"]),
+                      "samples": [{"question": x["question"], "reply": x["reply"][:160]} for x in r["samples"][:2]]}
+    log(f"hallucination {before['hallucination']['rate']:.0%} -> {after['hallucination']['rate']:.0%}, "
+        f"known-question accuracy drop {change['known_drop_points']} points")
+    n_unsure = len(probed) - len(convs)
+    if jax.process_index() == 0:
+        (out_dir / "eval.json").write_text(json.dumps({"before": before, "after": after, "probe": probed}, indent=1))
+
+    def pairs(rows_b, rows_a, idx, k=3):
+        return [{"question": rows_b[i]["question"], "before": rows_b[i]["reply"][:160], "after": rows_a[i]["reply"][:160]}
+                for i in idx[:k]]
+    known_idx = [i for i, r in enumerate(before["qa"]) if r["correct"]]
+    missed_idx = [i for i, r in enumerate(before["qa"]) if not r["correct"]]
+    return {
+        "model": model.name, "template": cfg.data.template, "source": cfg.source,
+        "judge": f"string/number match + model judge ({cfg.judge})" if judge_fn is not None and cfg.judge
+        else "string/number match",
+        "questions": {"probed": len(probe_qas), "heldout_qa": len(heldout), "heldout_people": len(people),
+                      "disjoint": True},
+        "probe": {"samples": cfg.samples, "temperature": cfg.temperature, "known_min": cfg.known_min,
+                  "known": labels.count("known"), "unknown": labels.count("unknown"), "unsure": n_unsure,
+                  "known_rate": proportion(labels.count("known"), len(probed)),
+                  "examples": [{"question": p["question"], "answer": p["answer"], "replies": [r[:120] for r in p["replies"]],
+                                "n_correct": p["n_correct"]} for p in sorted(probed, key=lambda p: -p["n_correct"])[:3]]},
+        "train": {"conversations": len(convs), "answers": labels.count("known"), "refusals": labels.count("unknown"),
+                  "known_weight": cfg.known_weight, "replay_files": [Path(f).name for f in replay_files if f in files],
+                  "replay_weight": cfg.replay_weight,
+                  "steps": run["steps"], "train_seconds": run["train_seconds"], "val_loss": run["val_loss"],
+                  "data": run["data"]},
+        "before": _summary(before), "after": _summary(after), "known": change, "side_checks": side,
+        "samples": {"people": pairs(before["people"], after["people"], list(range(len(people)))),
+                    "known": pairs(before["qa"], after["qa"], known_idx),
+                    "missed": pairs(before["qa"], after["qa"], missed_idx)},
+        "details": str(out_dir / "eval.json"), "seconds": round(time.time() - t0, 1),
+    }
+
+
+# ---------------------------------------------------------------- models need tokens to think
+def think_problems(cfg: ThinkConfig) -> dict:
+    """The training problems (one list, both styles) and the two held-out test sets."""
+    from jaxllm.data.generators.arithmetic import make_problems
+
+    opts = dict(min_ops=cfg.min_ops, max_ops=cfg.max_ops, ops=cfg.ops)
+    return {"train": make_problems(cfg.problems, cfg.seed, "train", min_digits=cfg.min_digits,
+                                   max_digits=cfg.max_digits, **opts),
+            "same": make_problems(cfg.test_problems, cfg.seed, "test", min_digits=cfg.min_digits,
+                                  max_digits=cfg.max_digits, **opts),
+            "bigger": make_problems(cfg.test_problems, cfg.seed, "test", min_digits=cfg.test_digits,
+                                    max_digits=cfg.test_digits, **opts)}
+
+
+def arithmetic_check(model, problems, max_new_tokens: int, batch_size: int = 32) -> dict:
+    """Greedy held-out accuracy (the "#### N" line must hold the answer), with n and a 95% interval."""
+    from jaxllm.data.generators.arithmetic import is_correct
+    from jaxllm.eval.behaviour import ask, proportion
+
+    replies = ask(model, [p.question for p in problems], max_new_tokens=max_new_tokens, batch_size=batch_size)
+    ok = [is_correct(r, p.answer) for r, p in zip(replies, problems)]
+    return {**proportion(sum(ok), len(ok)),
+            "samples": [{"question": p.question, "answer": p.answer, "reply": r[:200], "correct": k}
+                        for p, r, k in list(zip(problems, replies, ok))[:3]]}
+
+
+def think_comparison(out_dir: Path, model_cfg: ModelConfig, base_params, tokenizer, cfg: ThinkConfig,
+                     mesh: MeshConfig, template: str = "jaxllm") -> dict:
+    """Two SFT runs from `base_params` on the same problems, step by step vs answer first; returns result["think"]."""
+    import time
+
+    from jaxllm.data.chat import write_jsonl
+    from jaxllm.data.generators import conversation
+    from jaxllm.data.generators.arithmetic import solution
+
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    probs = think_problems(cfg)
+    variants = {}
+    for style in ("steps", "answer_first"):
+        convs = [conversation(p.question, solution(p, style), meta={"answer": p.answer, "key": p.key, "style": style})
+                 for p in probs["train"]]
+        path = write_jsonl(convs, out_dir / "data" / f"{style}.jsonl")
+        data_cfg = dataclasses.replace(cfg.data, template=template)
+        run = sft(out_dir / style, model_cfg, base_params, tokenizer, dataclasses.replace(cfg, data=data_cfg), mesh,
+                  (str(path),), seq_len=min(cfg.data.seq_len, model_cfg.max_seq_len))
+        model = from_parts(f"think-{style}", model_cfg, run.pop("params_out"), tokenizer, chat_template=template)
+        v = variants[style] = {"bigger": arithmetic_check(model, probs["bigger"], cfg.max_new_tokens),
+                               "same": arithmetic_check(model, probs["same"], cfg.max_new_tokens),
+                               "steps": run["steps"], "train_seconds": run["train_seconds"], "val_loss": run["val_loss"]}
+        print(f"[jaxllm] think ({time.time() - t0:.0f} s): {style}: held-out accuracy {v['bigger']['k']}/"
+              f"{v['bigger']['n']} with {cfg.test_digits}-digit operands, {v['same']['k']}/{v['same']['n']} trained size",
+              flush=True)
+    digits = f"{cfg.min_digits}-{cfg.max_digits}" if cfg.min_digits != cfg.max_digits else str(cfg.min_digits)
+    n_ops = f"{cfg.min_ops}-{cfg.max_ops}" if cfg.min_ops != cfg.max_ops else str(cfg.min_ops)
+    return {"train": {"problems": cfg.problems, "digits": digits, "ops": cfg.ops, "n_ops": n_ops,
+                      "steps": cfg.train.steps, "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len},
+            "test": {"bigger_digits": cfg.test_digits, "same_digits": digits, "n": cfg.test_problems},
+            "variants": variants, "seconds": round(time.time() - t0, 1)}
 
 
 def sft_stage(ctx) -> dict:
@@ -89,12 +349,112 @@ def sft_stage(ctx) -> dict:
     base = load_params(ctx.run_dir / "pretrain", model_cfg, cfg.optim, cfg.mesh)
     before = behaviour("base", model_cfg, base, tok, s.eval_trials, s.seed)
     result = sft(out, model_cfg, base, tok, s, cfg.mesh, files)
-    after = behaviour("sft", model_cfg, result.pop("params_out"), tok, s.eval_trials, s.seed)
+    tuned = result.pop("params_out")
+    after = behaviour("sft", model_cfg, tuned, tok, s.eval_trials, s.seed)
     if jax.process_index() == 0:
         from jaxllm.train.metrics import read_metrics
         plot_curves(read_metrics(out / "metrics.jsonl"), ["loss", "val_loss"], out / "loss.png",
                     title="SFT loss on assistant tokens (nats/token)")
-    return {**result, "before": before, "after": after, "report_md": report_section(result, before, after, out, ctx.run_dir)}
+    extra = {}
+    if s.idk.enabled:  # side branch from the SFT model: its checkpoints go to sft/idk, the RL stage uses sft/
+        idk_cfg = dataclasses.replace(s.idk, data=dataclasses.replace(s.idk.data, template=s.data.template))
+        model = from_parts("sft", model_cfg, tuned, tok, chat_template=s.data.template)
+        identity = {"identity": lambda m: identity_check(m, n=s.eval_trials, seed=s.seed)}
+        extra["idk"] = knowledge_probe_sft(out / "idk", model, idk_cfg, cfg.mesh, replay_files=files,
+                                           judge_fn=_judge_fn(idk_cfg.judge), side_checks=identity)
+        extra["idk"]["side_checks"]["identity"]["before"] = after["identity"]
+        extra["idk"]["details"] = os.path.relpath(extra["idk"]["details"], ctx.run_dir)
+    if s.think.enabled:
+        extra["think"] = think_comparison(out / "think", model_cfg, base, tok, s.think, cfg.mesh, s.data.template)
+    md = report_section(result, before, after, out, ctx.run_dir)
+    md += "".join("\n\n" + f(extra[k]) for k, f in (("idk", idk_report), ("think", think_report)) if k in extra)
+    return {**result, "before": before, "after": after, **extra, "report_md": md}
+
+
+def idk_pretrained_stage(ctx) -> dict:
+    """Experiment stage: the "I don't know" recipe on a pretrained chat model (`sft.idk.init`), with its own
+    chat template (`sft.idk.data.template`, e.g. "smollm2"). See experiments/idk_smollm2.py."""
+    from jaxllm.config import ConfigError
+    from jaxllm.eval.model import from_pretrained
+    from jaxllm.model.hub import load_pretrained
+
+    idk = ctx.cfg.sft.idk
+    if not idk.init:
+        raise ConfigError("idk_pretrained_stage needs sft.idk.init, e.g. --set sft.idk.init=smollm2-135m-instruct")
+    model = from_pretrained(load_pretrained(idk.init))
+    result = knowledge_probe_sft(ctx.stage_dir("idk"), model, idk, ctx.cfg.mesh, judge_fn=_judge_fn(idk.judge))
+    result["details"] = os.path.relpath(result["details"], ctx.run_dir)
+    return {"idk": result, "report_md": f"## \"I don't know\" on {idk.init}\n\n" + idk_report(result)}
+
+
+def _judge_fn(name: str):
+    """None (string/number match) or a model judge from a pretrained model name."""
+    if not name:
+        return None
+    from jaxllm.eval.behaviour import model_judge
+    from jaxllm.eval.model import from_pretrained
+    from jaxllm.model.hub import load_pretrained
+
+    return model_judge(from_pretrained(load_pretrained(name)))
+
+
+def _rate(p: dict) -> str:
+    if not p["n"]:
+        return "n/a"
+    return f"{p['rate']:.0%} [{p['ci95'][0]:.0%}, {p['ci95'][1]:.0%}]"
+
+
+def idk_report(r: dict) -> str:
+    """Markdown for result["idk"]: rates with n and 95% Wilson intervals."""
+    b, a, k, p, t = r["before"], r["after"], r["known"], r["probe"], r["train"]
+    drop = "n/a (no held-out question was known before)" if k["known_drop_points"] is None else \
+        f"{k['known_drop_points']:.1f} points ({'within' if k['within_max_drop'] else 'MORE than'} the allowed {k['max_drop_points']:g})"
+    lines = ["### Knowledge probing → \"I don't know\"", "",
+             f"Probed the {r['model']} model on {p['known'] + p['unknown'] + p['unsure']} train-split questions from "
+             f"{r['source']}, {p['samples']} samples each at temperature {p['temperature']}, judged by {r['judge']}: "
+             f"{p['known']} known, {p['unknown']} missed every time, {p['unsure']} unsure (not trained). "
+             f"SFT on {t['answers']} answers" + (f" (weight {t['known_weight']:g})" if t["known_weight"] != 1 else "")
+             + f" + {t['refusals']} refusals"
+             + (f" + the main mixture at weight {t['replay_weight']}" if t["replay_files"] else "")
+             + f", {t['steps']} steps. Measured greedily on held-out questions (documents never probed).", "",
+             "| held-out measure | before | after | n |", "|---|---|---|---|",
+             f"| hallucination on invented people (answers instead of refusing) | {_rate(b['hallucination'])} | "
+             f"{_rate(a['hallucination'])} | {b['hallucination']['n']} |",
+             f"| accuracy on held-out corpus questions | {_rate(b['qa_accuracy'])} | {_rate(a['qa_accuracy'])} | "
+             f"{b['qa_accuracy']['n']} |",
+             f"| accuracy on held-out questions it answered right before | {_rate(k['known_accuracy_before'])} | "
+             f"{_rate(k['known_accuracy_after'])} | {k['known_accuracy_after']['n']} |",
+             f"| refusals on held-out questions it got wrong before | {_rate(k['missed_refusal_before'])} | "
+             f"{_rate(k['missed_refusal_after'])} | {k['missed_refusal_after']['n']} |",
+             f"| refusals on held-out corpus questions | {_rate(b['qa_refusal'])} | {_rate(a['qa_refusal'])} | "
+             f"{b['qa_refusal']['n']} |", "",
+             f"Drop on known questions: {drop}. Rates: value [95% Wilson interval].", ""]
+    for name, c in r.get("side_checks", {}).items():
+        was = f"{c['before']:.0%} before, " if "before" in c else ""
+        lines += [f"Side check on the finetuned model, {name} (held-out): {was}{_rate(c)} after (n={c['n']}).", ""]
+    for s in r["samples"]["people"][:2] + r["samples"]["known"][:1] + r["samples"]["missed"][:1]:
+        lines.append(f"- Q: {s['question']!r}: before {s['before'][:100]!r} → after {s['after'][:100]!r}")
+    return "\n".join(lines)
+
+
+def think_report(r: dict) -> str:
+    """Markdown for result["think"]."""
+    tr, te, v = r["train"], r["test"], r["variants"]
+    lines = ["### Models need tokens to think: step by step vs answer first", "",
+             f"Two SFT runs from the same base model on the same {tr['problems']} problems ({tr['digits']}-digit operands, "
+             f"{tr['n_ops']} operations of {tr['ops']}), {tr['steps']} steps each; only the solution style differs. "
+             "Greedy accuracy on held-out problems:", "",
+             f"| solution style | {te['bigger_digits']}-digit operands (bigger than trained) | {te['same_digits']}-digit "
+             "(held-out, trained size) | held-out SFT loss |", "|---|---|---|---|"]
+    for style, label in (("steps", "step by step, answer last"), ("answer_first", "answer first")):
+        x = v[style]
+        lines.append(f"| {label} | {_rate(x['bigger'])} (n={x['bigger']['n']}) | {_rate(x['same'])} "
+                     f"(n={x['same']['n']}) | {x['val_loss']:.3f} |")
+    lines += ["", "Rates: value [95% Wilson interval]. Samples (bigger numbers):", ""]
+    for style in ("steps", "answer_first"):
+        s = v[style]["bigger"]["samples"][0]
+        lines.append(f"- {style}: {s['question']!r} (answer {s['answer']}) → {s['reply'][:160]!r}")
+    return "\n".join(lines)
 
 
 def report_section(result: dict, before: dict, after: dict, out: Path, run_dir: Path) -> str:

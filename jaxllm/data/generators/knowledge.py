@@ -6,8 +6,11 @@ knows: questions made from corpus documents (`qa_pairs`: template-based, from th
 of Wikipedia summaries: birth/death years, "what is X", "where is X"), asked several times and
 judged (`judge`: number/string match); questions it gets right become answer conversations, the
 others become refusals (`idk_conversation`). Invented people (`invented_people`) give the
-hallucination metric: any non-refusal (`is_refusal`) about them is a hallucination. The probing loop
-needs a model, so it lives with the recipes; everything here is pure and seeded.
+hallucination metric: any non-refusal (`is_refusal`) about them is a hallucination. Asking the model
+needs a model, so it lives above (`jaxllm.eval.behaviour.probe_knowledge`, the loop in
+`jaxllm.recipes.sft.knowledge_probe_sft`); what is here is pure and seeded: `probe_label` turns the
+number of right sampled answers into known/unknown/unsure, `idk_training_set` the probe results into
+answer and (varied, `refusal_text`) refusal conversations.
 Splits hash the source document id (QA) or the invented name, so held-out questions are never trained.
 """
 from __future__ import annotations
@@ -98,7 +101,9 @@ REFUSALS = ("I'm sorry, I don't know who {p} is.", "I don't have any information
             "I'm not aware of anyone called {p}, so I can't answer that.",
             "I don't know. I have no reliable information about {p}.")
 GENERIC_REFUSALS = ("I'm sorry, I don't know.", "I don't know the answer to that.",
-                    "I'm not sure, and I'd rather not guess.", "I don't have reliable information about that.")
+                    "I'm not sure, and I'd rather not guess.", "I don't have reliable information about that.",
+                    "I don't know. I'd rather say so than make something up.",
+                    "I'm not sure about that one, so I won't guess.")
 
 
 def invented_people(n: int = 100, seed: int = 0, split: str = "test", exclude: frozenset = frozenset(),
@@ -127,7 +132,9 @@ def is_refusal(text: str) -> bool:
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP}
+    """Content words, with a plural -s dropped (so "meal" matches "meals")."""
+    words = (w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP)
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
 
 
 def judge(prediction: str, qa: dict, min_overlap: float = 0.5) -> bool:
@@ -153,17 +160,72 @@ def answer_text(qa: dict) -> str:
     return f"{subj} {verb} {qa['answer']}."
 
 
+def refusal_text(qa: dict, rng: random.Random) -> str:
+    """A varied "I don't know" reply that names what was asked (or a generic one); always `is_refusal`."""
+    if "person" in qa:
+        return rng.choice(REFUSALS).format(p=qa["person"])
+    kind, title = qa.get("kind"), qa.get("title", "")
+    subj = qa.get("subject", title)
+    if kind == "year":
+        event = "died" if " die" in qa["question"] else "was born"
+        own = (f"I don't know when {title} {event}.", f"I'm not sure what year {title} {event}.",
+               f"I don't have reliable information about when {title} {event}.")
+    elif kind == "location":
+        own = (f"I don't know where {subj} is.", f"I'm not sure where {subj} is, and I'd rather not guess.")
+    elif kind == "definition":
+        wh, verb = qa["question"].split()[:2]
+        own = (f"I don't know {wh.lower()} {subj} {verb}.", f"I'm sorry, I don't have reliable information about {subj}.",
+               f"I'm not sure {wh.lower()} {subj} {verb}, so I won't guess.")
+    else:
+        own = ()
+    return rng.choice(own + GENERIC_REFUSALS) if own else rng.choice(GENERIC_REFUSALS)
+
+
 def idk_conversation(qa: dict, known: bool, rng: random.Random) -> dict:
     """The recipe's training example: the answer when the model knew it, else a refusal."""
-    if known:
-        reply = answer_text(qa)
-    elif "person" in qa:
-        reply = rng.choice(REFUSALS).format(p=qa["person"])
-    else:
-        reply = rng.choice(GENERIC_REFUSALS)
+    reply = answer_text(qa) if known else refusal_text(qa, rng)
     meta = {"generator": "idk", "known": known, "split": qa.get("split", "train"),
             **({"person": qa["person"]} if "person" in qa else {"source_id": qa.get("source_id", "")})}
     return conversation(qa["question"], reply, meta=meta)
+
+
+# ---------------------------------------------------------------- the probing recipe, pure parts
+def probe_label(n_correct: int, samples: int, known_min: int = 1) -> str:
+    """"unknown" when every sampled answer was wrong, "known" with at least `known_min` right, else "unsure"."""
+    if not 0 <= n_correct <= samples:
+        raise ValueError(f"probe_label: n_correct={n_correct} outside 0..{samples}")
+    if n_correct == 0:
+        return "unknown"
+    return "known" if n_correct >= known_min else "unsure"
+
+
+def own_answer(probed: dict, max_chars: int = 300) -> Optional[str]:
+    """The model's own first right reply to a probed question when it is a finished sentence (so training on
+    it keeps the model's voice), else None."""
+    for reply, ok in zip(probed.get("replies", ()), probed.get("correct", ())):
+        reply = reply.strip()
+        if ok and len(reply) <= max_chars and reply[-1:] in ".!)\"":
+            return reply
+    return None
+
+
+def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_answers: bool = True) -> list[dict]:
+    """Training conversations from probe results ({**qa, "n_correct", "samples"} per question): a refusal
+    for questions the model missed every time, the answer for ones it knows (its own right reply when
+    `own_answers` and one is a finished sentence, else the template answer), nothing for "unsure"."""
+    rng = rng_for("idk-probe", seed, "train")
+    out = []
+    for p in probed:
+        label = probe_label(p["n_correct"], p["samples"], known_min)
+        if label == "unsure":
+            continue
+        conv = idk_conversation(p, label == "known", rng)
+        own = own_answer(p) if own_answers and label == "known" else None
+        if own:
+            conv["messages"][-1]["content"] = own
+        conv["meta"].update(label=label, n_correct=p["n_correct"], samples=p["samples"], own_answer=own is not None)
+        out.append(conv)
+    return out
 
 
 def qa_generate(n: int = 500, seed: int = 0, split: str = "train", **options) -> list[dict]:
