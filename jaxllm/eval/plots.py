@@ -9,6 +9,22 @@ import numpy as np
 from jaxllm.eval.harness import summary_rows
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
 def stage_table(reports: Mapping[str, dict]) -> list[dict]:
     """One row per (task, metric): {"task", "metric", "chance", <stage>: value, ...} from `evaluate` reports."""
     rows: dict[tuple, dict] = {}
@@ -32,11 +48,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def plot_stage_bars(reports: Mapping[str, dict], path: str | Path, title: str = "evaluations by stage") -> Path:
     """Grouped bars: accuracy-like metrics per task for each stage, chance as a black tick (bpb left out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = [r for r in stage_table(reports) if r["metric"] != "bpb"]
     stages = list(reports)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 3.6))
@@ -53,37 +65,23 @@ def plot_stage_bars(reports: Mapping[str, dict], path: str | Path, title: str = 
     ax.set_ylabel("rate (black tick: chance)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_counts(counts: Mapping[str, int], path: str | Path, title: str) -> Path:
     """A bar chart of outcome counts (e.g. the '9.11 vs 9.9' answers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4, 3))
     ax.bar(list(counts), list(counts.values()), color=["tab:green", "tab:red", "tab:gray"][:len(counts)])
     ax.set_ylabel("answers")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, title: str, xlabel: str = "position",
                ylabel: str = "") -> Path:
     """One line per named series against its index (e.g. per-token loss along a document)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for name, ys in series.items():
         ax.plot(np.arange(1, len(ys) + 1), ys, label=name, linewidth=1.2)
@@ -91,7 +89,4 @@ def plot_lines(series: Mapping[str, Sequence[float]], path: str | Path, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
