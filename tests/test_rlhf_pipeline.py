@@ -87,7 +87,9 @@ def test_reward_model_training_deterministic_and_same_on_8_devices():
     jax.tree.map(np.testing.assert_array_equal, a, b)
     c, lc = rlhf.train_reward_model(model_cfg, policy, rankings, cfg, MeshConfig(data=4, fsdp=2))
     np.testing.assert_allclose(lc, la, rtol=1e-4)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5), c, a)
+    # Adam divides by sqrt(v): a near-zero gradient's float-order difference can move a parameter by a
+    # few percent of lr (1e-3) per step, so compare parameters to a small fraction of lr
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4), c, a)
 
 
 def test_dpo_step_on_a_tiny_model_raises_the_chosen_margin():
