@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.eval.behaviour import proportion
+
 if TYPE_CHECKING:  # experiment.py imports DemosConfig from here
     from jaxllm.recipes.experiment import RunContext
 
@@ -55,10 +57,9 @@ FAKE_QUESTIONS = ("What is the capital of France?", "Who was Albert Einstein?", 
 
 
 def rate_cell(k: int, n: int, source: str) -> dict:
-    """A rate with its n and 95% Wilson interval, and where the number comes from."""
-    from jaxllm.rl.rollout import wilson_interval
-
-    return {"value": k / n if n else float("nan"), "k": int(k), "n": int(n), "ci95": list(wilson_interval(k, n)),
+    """A rate with its n and 95% Wilson interval (behaviour.proportion), and where the number comes from."""
+    p = proportion(k, n)
+    return {"value": float("nan") if p["rate"] is None else p["rate"], "k": p["k"], "n": p["n"], "ci95": p["ci95"],
             "from": source}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from jaxllm.data.chat import render_prompt, stop_ids
 from jaxllm.infer.sampling import generate
+from jaxllm.rl.preferences import wilson_interval
 
 RewardFn = Callable[..., float]
 
@@ -109,16 +110,6 @@ def greedy_accuracy(params, model_cfg, tokenizer, problems: Sequence[dict], temp
             "response_len": float(np.mean([len(o) for o in outs])) if outs else 0.0,
             "examples": [{"question": p["question"], "completion": t, "answer": p["answer"]}
                          for p, t in zip(problems[:3], texts[:3])]}
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes in n trials (sensible at 0% and 100%)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mcnemar_z(before: Sequence[int], after: Sequence[int]) -> tuple[float, int, int]:
