@@ -7,7 +7,7 @@ import pytest
 
 from engine_helpers import chain, random_model, scripted_model
 from jaxllm.infer import generate
-from jaxllm.infer.engine import Engine, EngineConfig, SamplingParams, bucket, decode_rows, extend_slot
+from jaxllm.infer.engine import Engine, EngineConfig, SamplingParams, bucket, decode_block, extend_slot
 from jaxllm.infer.tools import BM25Index, ToolConfig, Tools, find_call
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
@@ -84,9 +84,9 @@ def test_shapes_are_bucketed(tiny):
     model, engine = tiny
     assert [bucket(n, 16, 256) for n in (1, 16, 17, 100, 256, 300)] == [16, 16, 32, 128, 256, 256]
     engine.generate([[5] * 40], GREEDY)  # prompt bucket 64; window 64 (then 128 if it grows past 64)
-    before = extend_slot._cache_size(), decode_rows._cache_size()
+    before = extend_slot._cache_size(), decode_block._cache_size()
     engine.generate([[7] * n for n in (33, 38, 39)], GREEDY)  # same buckets: nothing new to compile
-    assert (extend_slot._cache_size(), decode_rows._cache_size()) == before
+    assert (extend_slot._cache_size(), decode_block._cache_size()) == before
 
 
 def test_concurrent_submitters(tiny):

@@ -1,7 +1,7 @@
 """Continuous-batching generation engine: a preallocated KV cache of `max_batch` slots shared by requests.
 
-Inside are pure jitted functions of arrays (`extend_slot`: run a chunk of tokens into one slot and
-sample; `decode_rows`: one token for every slot; `sample_rows`: per-row sampling). Around them,
+Inside are pure jitted functions of arrays (`extend_slot`: run a chunk of tokens into one slot;
+`decode_block`: up to 8 tokens for every slot in one dispatch; `sample_rows`: per-row sampling). Around them,
 at the edge, a scheduler thread admits waiting requests into free slots between decode steps, so
 concurrent requests share each decode step; text is streamed to each request's queue as it comes.
 
@@ -43,6 +43,8 @@ class EngineConfig:
     max_tokens: int = 512  # completion budget of a request that does not give one
     tool_workers: int = 4  # threads running tool calls (sandbox, search) while other rows decode
     unroll_layers: bool = True  # decode with per-layer params: on CPU a scan over layers copies each layer's weights
+    weight_dtype: str = "float32"  # "bfloat16": matrices stored bf16, matmuls sum in float32 (faster on CPU)
+    block: int = 8  # decode steps per dispatch (fewer Python round trips per token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +125,16 @@ def sample_rows(logits: Array, seeds: Array, counts: Array, temperature: Array, 
 sample_rows_jit = jax.jit(sample_rows)  # compiled apart from the model steps: once per batch size
 
 
+def _slot_view(buf: Array, slot: Array, window: int) -> Array:
+    """Slot `slot`'s first `window` positions of a per-layer [batch, max_len, ...] buffer (or stacked [layers, batch, ...])."""
+    lead = buf.ndim - 4  # 1 for a stacked cache
+    return jax.lax.dynamic_slice(buf, (0,) * lead + (slot, 0, 0, 0), buf.shape[:lead] + (1, window) + buf.shape[-2:])
+
+
+def _put_slot(buf: Array, view: Array, slot: Array) -> Array:
+    return jax.lax.dynamic_update_slice(buf, view.astype(buf.dtype), (0,) * (buf.ndim - 4) + (slot, 0, 0, 0))
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
 def extend_slot(params, cfg: ModelConfig, cache: KVCache, tokens: Array, n_new: Array, slot: Array,
                 start: Array, window: int) -> tuple[Array, KVCache]:
@@ -132,29 +144,42 @@ def extend_slot(params, cfg: ModelConfig, cache: KVCache, tokens: Array, n_new: 
     sees the slot's first `window` cache positions (start + P <= window). Returns the logits after
     the last real token [1, vocab] and the cache.
     """
-    layers, _, _, kvh, hd = cache.k.shape
-    view_k = jax.lax.dynamic_slice(cache.k, (0, slot, 0, 0, 0), (layers, 1, window, kvh, hd))
-    view_v = jax.lax.dynamic_slice(cache.v, (0, slot, 0, 0, 0), (layers, 1, window, kvh, hd))
     segments = (jnp.arange(tokens.shape[1]) < n_new)[None].astype(jnp.int32)
-    view = KVCache(view_k, view_v, jnp.reshape(start, (1,)).astype(jnp.int32))
-    logits, view = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segments, cache=view)
-    last = jax.lax.dynamic_index_in_dim(logits[0], n_new - 1, keepdims=True)  # [1, vocab]
-    k = jax.lax.dynamic_update_slice(cache.k, view.k, (0, slot, 0, 0, 0))
-    v = jax.lax.dynamic_update_slice(cache.v, view.v, (0, slot, 0, 0, 0))
-    return last, KVCache(k, v, cache.lengths.at[slot].set(view.lengths[0]))
+    view = jax.tree.map(lambda b: _slot_view(b, slot, window), (cache.k, cache.v))
+    view = KVCache(*view, jnp.reshape(start, (1,)).astype(jnp.int32))
+    logits, view = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segments, cache=view,
+                                          logits_at=jnp.reshape(n_new - 1, (1, 1)))
+    k, v = jax.tree.map(lambda b, w: _put_slot(b, w, slot), (cache.k, cache.v), (view.k, view.v))
+    return logits[:, 0], KVCache(k, v, cache.lengths.at[slot].set(view.lengths[0]))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "window"), donate_argnames=("cache",))
-def decode_rows(params, cfg: ModelConfig, cache: KVCache, tokens: Array, active: Array,
-                window: int) -> tuple[Array, KVCache]:
-    """Feed one token per row (tokens [batch]) at position cache.lengths; logits [batch, vocab] and the cache.
+@functools.partial(jax.jit, static_argnames=("cfg", "window", "steps"), donate_argnames=("cache",))
+def decode_block(params, cfg: ModelConfig, cache: KVCache, tokens: Array, budget: Array, sampling: tuple,
+                 stop_ids: Array, window: int, steps: int = 8) -> tuple[Array, Array, KVCache]:
+    """Up to `steps` tokens for every row in one dispatch (a lax.while_loop), to save Python work per token.
 
-    Only `active` rows advance their length; attention reads the first `window` cache positions."""
-    view = KVCache(cache.k[:, :, :window], cache.v[:, :, :window], cache.lengths)
-    logits, view = Transformer(cfg).apply({"params": params}, tokens[:, None], cache=view)
-    k = jax.lax.dynamic_update_slice(cache.k, view.k, (0, 0, 0, 0, 0))
-    v = jax.lax.dynamic_update_slice(cache.v, view.v, (0, 0, 0, 0, 0))
-    return logits[:, 0], KVCache(k, v, jnp.where(active, view.lengths, cache.lengths))
+    tokens [batch]: each row's last sampled token, fed first; budget [batch]: how many tokens a row may
+    sample (0: idle row); a row is done after its budget or a stop id, and the loop ends when all are.
+    sampling: sample_rows' per-row (seeds, counts, temperature, top_k, top_p). Attention reads the
+    first `window` cache positions. Returns sampled tokens [batch, steps], how many per row [batch]
+    and the cache (each row's length advanced by its count)."""
+    seeds, counts, temperature, top_k, top_p = sampling
+    batch = tokens.shape[0]
+
+    def body(state):
+        j, cache, tok, out, n, done = state
+        logits, new = Transformer(cfg).apply({"params": params}, tok[:, None], cache=cache, kv_window=window)
+        cache = new._replace(lengths=jnp.where(done, cache.lengths, new.lengths))
+        nxt = sample_rows(logits[:, 0], seeds, counts + n, temperature, top_k, top_p)
+        n = n + (~done).astype(jnp.int32)
+        out = out.at[:, j].set(nxt)
+        done = done | (n >= budget) | jnp.any(nxt[:, None] == stop_ids[None, :], axis=-1)
+        return j + 1, cache, nxt, out, n, done
+
+    state = (jnp.int32(0), cache, tokens, jnp.zeros((batch, steps), jnp.int32), jnp.zeros((batch,), jnp.int32),
+             budget <= 0)
+    _, cache, _, out, n, _ = jax.lax.while_loop(lambda s: (s[0] < steps) & ~jnp.all(s[5]), body, state)
+    return out, n, cache
 
 
 def unroll_layers(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
@@ -236,7 +261,12 @@ class Engine:
         self.run_cfg, self.run_params = model.cfg, model.params
         if cfg.unroll_layers and model.cfg.scan_layers:
             self.run_cfg, self.run_params = unroll_layers(model.cfg, model.params)
-        self.cache = init_cache(model.cfg, cfg.max_batch, self.max_len)
+        if cfg.weight_dtype != "float32":  # matrices only: norm scales and biases stay as they are
+            wdt = jnp.dtype(cfg.weight_dtype)
+            self.run_params = jax.tree.map(lambda x: x.astype(wdt) if x.ndim >= 2 else x, self.run_params)
+        self.cache = init_cache(self.run_cfg, cfg.max_batch, self.max_len)
+        stops = sorted(model.stop_ids)[:8]
+        self._stop_arr = jnp.asarray(stops + [-1] * (8 - len(stops)), jnp.int32)
         self.slots: list[Optional[_Slot]] = [None] * cfg.max_batch
         self.waiting: queue.Queue = queue.Queue()
         self.resumed: queue.Queue = queue.Queue()  # (row, output text) of finished tool calls
@@ -336,26 +366,32 @@ class Engine:
         self._accept(row, int(token[0]))
 
     def _step(self, rows: list[int]) -> None:
+        """Decode a block of up to cfg.block tokens for the busy rows, then accept them token by token."""
         batch = len(self.slots)
-        active = np.zeros(batch, bool)
-        active[rows] = True
-        tokens = np.zeros(batch, np.int32)
-        counts = np.zeros(batch, np.int32)
+        tokens, counts, budget = (np.zeros(batch, np.int32) for _ in range(3))
         for i in rows:
-            tokens[i], counts[i] = self.slots[i].last, self.slots[i].req.completion_tokens
-        window = bucket(max(self.slots[i].length for i in rows) + 1, self.cfg.min_bucket, self.max_len)
-        reqs = [self.slots[i].req if active[i] else None for i in range(batch)]
-        logits, self.cache = decode_rows(self.run_params, self.run_cfg, self.cache, jnp.asarray(tokens),
-                                         jnp.asarray(active), window)
-        nxt = np.asarray(sample_rows_jit(logits, *self._sampling(reqs, counts)))
-        self.stats["decode_steps"] += 1
-        self.stats["tokens"] += len(rows)
+            s = self.slots[i]
+            tokens[i], counts[i] = s.last, s.req.completion_tokens
+            budget[i] = min(s.req.max_tokens - s.req.completion_tokens, self.max_len - s.length)
+        window = bucket(max(self.slots[i].length for i in rows) + self.cfg.block, self.cfg.min_bucket, self.max_len)
+        reqs = [self.slots[i].req if budget[i] else None for i in range(batch)]
+        out, n, self.cache = decode_block(self.run_params, self.run_cfg, self.cache, jnp.asarray(tokens),
+                                          jnp.asarray(budget), self._sampling(reqs, counts), self._stop_arr,
+                                          window, self.cfg.block)
+        out, n = np.asarray(out), np.asarray(n)
+        steps = int(n.max())
+        self.stats["decode_steps"] += steps
+        self.stats["tokens"] += int(n.sum())
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
-        self.stats["shared_steps"] += len(rows) > 1
+        self.stats["shared_steps"] += steps if len(rows) > 1 else 0
         for i in rows:
-            self.slots[i].length += 1
-            self.slots[i].req.max_rows_seen = max(self.slots[i].req.max_rows_seen, len(rows))
-            self._accept(i, int(nxt[i]))
+            slot = self.slots[i]
+            slot.req.max_rows_seen = max(slot.req.max_rows_seen, len(rows))
+            for token in out[i, :n[i]]:
+                slot.length += 1
+                self._accept(i, int(token))
+                if self.slots[i] is not slot or slot.tool_future is not None:
+                    break  # finished or paused for a tool: the rest of its block is discarded
 
     def _accept(self, row: int, token: int) -> None:
         """A newly sampled token: stop, stream its text, start a tool call, or keep decoding."""

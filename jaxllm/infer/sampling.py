@@ -67,7 +67,7 @@ def sample_logits(key: Array, logits: Array, temperature=1.0, top_k=0, top_p=1.0
 
 
 # ---------------------------------------------------------------- model steps
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
 def prefill(params, cfg: ModelConfig, tokens: Array, lengths: Array, cache: KVCache) -> tuple[Array, KVCache]:
     """Run right-padded prompts tokens [batch, P] (real lengths [batch]) into an empty cache.
 
@@ -75,9 +75,9 @@ def prefill(params, cfg: ModelConfig, tokens: Array, lengths: Array, cache: KVCa
     """
     TRACE_COUNTS["prefill"] += 1
     segment_ids = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.int32)
-    logits, cache = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segment_ids, cache=cache)
-    last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    return last, cache
+    logits, cache = Transformer(cfg).apply({"params": params}, tokens, segment_ids=segment_ids, cache=cache,
+                                           logits_at=(lengths - 1)[:, None])
+    return logits[:, 0], cache
 
 
 def _decode(params, cfg: ModelConfig, cache: KVCache, tokens: Array) -> tuple[Array, KVCache]:

@@ -25,7 +25,9 @@ Array = jax.Array
 class KVCache(NamedTuple):
     """Preallocated keys/values for decoding; slot index = token position.
 
-    k, v: [layers, batch, max_len, kv_heads, head_dim]; lengths: int32 [batch], tokens filled per row.
+    k, v: a tuple of per-layer [batch, max_len, kv_heads, head_dim] buffers, so a jitted step with the
+    cache donated writes each layer's new entries in place (scan_layers models: one stacked
+    [layers, batch, ...] array, as nn.scan needs); lengths: int32 [batch], tokens filled per row.
     """
 
     k: Array
@@ -39,6 +41,15 @@ def _dt(name: str):
 
 def _constrain(x: Array, names: tuple) -> Array:
     return nn.with_logical_constraint(x, names)
+
+
+def matmul(x: Array, w: Array, dt) -> Array:
+    """x [n, in] @ w [in, out] in dtype dt, or in w's dtype when narrower (bfloat16 inference weights:
+    bfloat16 inputs summed in float32 run ~2x faster on CPU than float32, bfloat16 outputs slower)."""
+    dt = jnp.dtype(dt)
+    if jnp.dtype(w.dtype).itemsize < dt.itemsize:
+        return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=dt)
+    return x.astype(dt) @ w.astype(dt)
 
 
 def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
@@ -65,7 +76,7 @@ class Proj(nn.Module):
         in_shape, out_shape = self.kernel_shape[: -self.n_out], self.kernel_shape[-self.n_out:]
         n_in, n_out = math.prod(in_shape), math.prod(out_shape)
         lead = x.shape[: x.ndim - len(in_shape)]
-        y = x.astype(dt).reshape(-1, n_in) @ kernel.astype(dt).reshape(n_in, n_out)
+        y = matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dt)
         if self.cfg.use_bias:
             y = y + _param(self, "bias", nn.initializers.zeros, out_shape, self.kernel_axes[-self.n_out:]).astype(dt).reshape(n_out)
         return y.reshape(*lead, *out_shape)
@@ -90,6 +101,7 @@ class Attention(nn.Module):
     """Multi-head / grouped-query self-attention; RoPE for llama; optional KV cache."""
 
     cfg: ModelConfig
+    kv_window: Optional[int] = None  # decoding attends over the first kv_window cache slots (None: all)
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, kv_cache):
@@ -109,16 +121,17 @@ class Attention(nn.Module):
             out = layers.attention(q, k, v, segment_ids=segment_ids, impl=cfg.attention_impl)
             new_cache = None
         else:
-            # write the new keys/values at their positions, then attend over the whole cache;
-            # causality by position hides unwritten (future) slots.
+            # write the new keys/values at their positions (in place when the cache is donated), then
+            # attend over the first kv_window slots; causality by position hides unwritten (future) slots.
             k_cache, v_cache = kv_cache  # [batch, max_len, kv_heads, head_dim]
             rows = jnp.arange(x.shape[0])[:, None]
             k_cache = k_cache.at[rows, positions].set(k.astype(k_cache.dtype), mode="drop")
             v_cache = v_cache.at[rows, positions].set(v.astype(v_cache.dtype), mode="drop")
-            slots = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (x.shape[0], k_cache.shape[1]))
+            window = self.kv_window or k_cache.shape[1]
+            slots = jnp.broadcast_to(jnp.arange(window), (x.shape[0], window))
             # decoding needs an arbitrary (position) mask, which the cuDNN flash kernel does not take
             out = layers.attention(
-                q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), q_positions=positions,
+                q, k_cache[:, :window].astype(q.dtype), v_cache[:, :window].astype(q.dtype), q_positions=positions,
                 kv_positions=slots, impl="xla" if cfg.attention_impl == "cudnn" else cfg.attention_impl,
             )
             new_cache = (k_cache, v_cache)
@@ -151,11 +164,12 @@ class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     cfg: ModelConfig
+    kv_window: Optional[int] = None
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, kv_cache):
-        attn_out, new_cache = Attention(self.cfg, name="attn")(Norm(self.cfg, name="attn_norm")(x), positions,
-                                                                segment_ids, kv_cache)
+        attn_out, new_cache = Attention(self.cfg, self.kv_window, name="attn")(
+            Norm(self.cfg, name="attn_norm")(x), positions, segment_ids, kv_cache)
         x = _constrain(x + attn_out, ("batch", "length", "embed"))
         x = x + Mlp(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x))
         x = _constrain(x, ("batch", "length", "embed"))  # [batch, length, embed]
@@ -180,10 +194,14 @@ class Transformer(nn.Module):
         positions: Optional[Array] = None,
         segment_ids: Optional[Array] = None,
         cache: Optional[KVCache] = None,
+        kv_window: Optional[int] = None,
+        logits_at: Optional[Array] = None,
     ) -> Any:
         """inputs int32 [batch, length]; positions default arange (or cache.lengths + arange);
         segment_ids: tokens attend only within their segment (0 = padding). With `cache`, returns
-        (logits, new_cache) and segment_ids only count how many tokens per row are real."""
+        (logits, new_cache) and segment_ids only count how many tokens per row are real; attention
+        reads the first kv_window cache slots (static; default all). logits_at int [batch, n]: compute
+        logits [batch, n, vocab] only at these indices along length (prefill needs just the last)."""
         cfg = self.cfg
         batch, length = inputs.shape
         if positions is None:
@@ -210,22 +228,28 @@ class Transformer(nn.Module):
                 in_axes=(nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, new_kv = stack(cfg, name="layers")(x, positions, attn_segments, kv)
+            x, new_kv = stack(cfg, kv_window, name="layers")(x, positions, attn_segments, kv)
         else:
             new_k, new_v = [], []
             for i in range(cfg.n_layers):
                 layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-                x, layer_new = block(cfg, name=f"layers_{i}")(x, positions, attn_segments, layer_kv)
+                x, layer_new = block(cfg, kv_window, name=f"layers_{i}")(x, positions, attn_segments, layer_kv)
                 if layer_new is not None:
                     new_k.append(layer_new[0])
                     new_v.append(layer_new[1])
-            new_kv = None if kv is None else (jnp.stack(new_k), jnp.stack(new_v))
+            new_kv = None if kv is None else (tuple(new_k), tuple(new_v))
 
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[:, :, None], axis=1)  # [batch, n, embed]
         x = Norm(cfg, name="final_norm")(x)
+        # one 2-D matmul [batch*length, embed] @ [embed, vocab] (see Proj), float32 logits
+        rows, n = x.shape[0] * x.shape[1], x.shape[1]
         if cfg.tie_embeddings:
-            logits = jnp.einsum("bld,vd->blv", x, embedding.astype(dt), preferred_element_type=jnp.float32)
+            w = embedding if jnp.dtype(embedding.dtype).itemsize < dt.itemsize else embedding.astype(dt)
+            logits = jnp.matmul(x.reshape(rows, -1).astype(w.dtype), w.T, preferred_element_type=jnp.float32)
         else:
-            logits = _LMHead(cfg, name="lm_head")(x)
+            logits = _LMHead(cfg, name="lm_head")(x.reshape(rows, -1))
+        logits = logits.reshape(x.shape[0], n, -1)
         logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if cache is None:
             return logits
@@ -247,7 +271,7 @@ class _Table(nn.Module):
 
 
 class _LMHead(nn.Module):
-    """Untied output projection {"kernel": [embed, vocab]}; float32 logits."""
+    """Untied output projection {"kernel": [embed, vocab]}; x [n, embed] -> float32 logits [n, vocab]."""
 
     cfg: ModelConfig
 
@@ -256,4 +280,5 @@ class _LMHead(nn.Module):
         cfg = self.cfg
         kernel = _param(self, "kernel", nn.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                         ("embed", "vocab"))
-        return jnp.einsum("bld,dv->blv", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+        w = kernel if jnp.dtype(kernel.dtype).itemsize < jnp.dtype(x.dtype).itemsize else kernel.astype(x.dtype)
+        return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
