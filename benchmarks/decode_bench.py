@@ -1,10 +1,11 @@
 """SmolLM2-135M greedy decoding on CPU: jaxllm's engine vs `transformers` on the same GGUF weights.
 
     python benchmarks/decode_bench.py                 # batch 1 and 8, 32-token prompts, 128 new tokens
-    python benchmarks/decode_bench.py --threads 2 --repeats 2
+    python benchmarks/decode_bench.py --threads 2 --repeats 2 --weight-dtypes bfloat16
 
 Reports tokens/s at each batch size and time to first token (TTFT) for a 512-token prompt, both
-sides in one run, with the ratio. Each number is the best of --repeats after a warm-up (compile)
+sides in one run, with the ratio; jaxllm with float32 and with bfloat16 weights (EngineConfig.weight_dtype;
+transformers stays float32, as it loads the GGUF). Each number is the best of --repeats after a warm-up (compile)
 run. The load average is printed next to every number: on a shared machine, compare only numbers
 taken in the same run. Needs torch (CPU build: pip install torch==2.13.0), transformers, gguf, accelerate.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--ttft-len", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses every core)")
+    ap.add_argument("--weight-dtypes", default="float32,bfloat16", help="jaxllm EngineConfig.weight_dtype values")
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -56,17 +58,20 @@ def main() -> None:
     results = {}
 
     max_len = max(args.ttft_len, args.prompt_len + args.new_tokens) + 64
-    for b in batches:
-        engine = Engine(model, EngineConfig(max_batch=b, max_len=max_len))
-        dt = best(lambda: engine.generate(prompts[:b], greedy), args.repeats)
-        results[("jaxllm", b)] = b * args.new_tokens / dt
-        print(f"jaxllm        batch {b}: {results[('jaxllm', b)]:7.1f} tok/s   (load {loadavg()})", flush=True)
-        if b == batches[0]:
-            dt = best(lambda: engine.generate([long_prompt], SamplingParams(temperature=0.0, max_tokens=1)),
-                      args.repeats)
-            results[("jaxllm", "ttft")] = dt
-            print(f"jaxllm        TTFT {args.ttft_len}-token prompt: {dt:.3f} s   (load {loadavg()})", flush=True)
-        engine.close()
+    short = {"float32": "f32", "bfloat16": "bf16"}
+    ours = [f"jaxllm {short.get(w, w)}" for w in args.weight_dtypes.split(",")]
+    for name, wdt in zip(ours, args.weight_dtypes.split(",")):
+        for b in batches:
+            engine = Engine(model, EngineConfig(max_batch=b, max_len=max_len, weight_dtype=wdt))
+            dt = best(lambda: engine.generate(prompts[:b], greedy), args.repeats)
+            results[(name, b)] = b * args.new_tokens / dt
+            print(f"{name:13} batch {b}: {results[(name, b)]:7.1f} tok/s   (load {loadavg()})", flush=True)
+            if b == batches[0]:
+                dt = best(lambda: engine.generate([long_prompt], SamplingParams(temperature=0.0, max_tokens=1)),
+                          args.repeats)
+                results[(name, "ttft")] = dt
+                print(f"{name:13} TTFT {args.ttft_len}-token prompt: {dt:.3f} s   (load {loadavg()})", flush=True)
+            engine.close()
 
     if not args.skip_hf:
         import torch
@@ -88,10 +93,11 @@ def main() -> None:
         dt = best(lambda: hf_generate([long_prompt], 1), args.repeats)
         results[("hf", "ttft")] = dt
         print(f"transformers  TTFT {args.ttft_len}-token prompt: {dt:.3f} s   (load {loadavg()})", flush=True)
-        for b in batches:
-            print(f"batch {b}: jaxllm / transformers = {results[('jaxllm', b)] / results[('hf', b)]:.2f}x")
-        print(f"TTFT: jaxllm / transformers = {results[('jaxllm', 'ttft')] / results[('hf', 'ttft')]:.2f}x "
-              "(lower is better)")
+        for name in ours:
+            for b in batches:
+                print(f"batch {b}: {name} / transformers = {results[(name, b)] / results[('hf', b)]:.2f}x tok/s")
+            print(f"TTFT: {name} / transformers = {results[(name, 'ttft')] / results[('hf', 'ttft')]:.2f}x "
+                  "(time, lower is better)")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,23 @@ def test_batched_equals_one_by_one_and_reference(tiny):
         assert a.text == b.text and a.finish_reason == "length" and a.completion_tokens == 24
 
 
+@pytest.mark.parametrize("kw", [dict(unroll_layers=False), dict(weight_dtype="bfloat16")])
+def test_stacked_cache_and_bf16_weights_equal_reference(tiny, kw):
+    import jax
+    import jax.numpy as jnp
+    model = tiny[0]
+    params = model.params  # bf16 weights: generate() with the same cast params is the reference
+    if "weight_dtype" in kw:
+        params = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.ndim >= 2 else x, params)
+    ps = prompts(model.tokenizer)[:3]
+    engine = Engine(model, EngineConfig(max_batch=2, max_len=256, min_bucket=32, **kw))
+    try:
+        got = [c.token_ids for c in engine.generate(ps, GREEDY)]
+    finally:
+        engine.close()
+    assert got == [tuple(r) for r in generate(params, model.cfg, ps, max_new_tokens=24, temperature=0.0)]
+
+
 def test_seeded_sampling_independent_of_batch(tiny):
     model, engine = tiny
     ps = prompts(model.tokenizer)[:3]
