@@ -226,3 +226,17 @@ def test_identity_heldout_uses_unseen_core_questions():
     assert all(any(e in c["messages"][-1]["content"] for e in c["meta"]["expect"]) for c in convs
                if c["meta"]["topic"] in ("name", "creator"))
     assert "tiny-bot" in generate("identity-system", 1, name="tiny-bot")[0]["messages"][0]["content"]
+
+
+def test_arithmetic_mixed_style_share_and_determinism():
+    convs = generate("arithmetic", 400, seed=3, max_digits=1, min_ops=2, max_ops=2, style="mixed", steps_fraction=0.3)
+    assert convs == generate("arithmetic", 400, seed=3, max_digits=1, min_ops=2, max_ops=2, style="mixed",
+                             steps_fraction=0.3)
+    styles = [c["meta"]["style"] for c in convs]
+    assert set(styles) == {"steps", "answer_first"} and 0.22 < styles.count("steps") / 400 < 0.38
+    for c in convs:  # each reply is in the style its meta names
+        reply = c["messages"][-1]["content"]
+        assert reply.startswith("####") == (c["meta"]["style"] == "answer_first")
+    from jaxllm.recipes.sft import parse_mixture
+    assert parse_mixture(("arithmetic:10:style=mixed,steps_fraction=0.4,max_digits=1",)) == {
+        "arithmetic": (10, {"style": "mixed", "steps_fraction": 0.4, "max_digits": 1})}

@@ -99,9 +99,18 @@ def parse_mixture(entries: tuple[str, ...]) -> dict:
         options = {}
         for kv in filter(None, opts.split(",")):
             key, _, value = kv.partition("=")
-            options[key] = int(value) if value.lstrip("-").isdigit() else value
+            options[key] = _number_or_text(value)
         out[name] = (int(count), options)
     return out
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def behaviour(name: str, model_cfg: ModelConfig, params, tokenizer, trials: int, seed: int) -> dict:

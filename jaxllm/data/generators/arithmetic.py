@@ -25,7 +25,7 @@ from typing import Literal, Optional
 from jaxllm.data.generators import check_split, conversation, rng_for, sample_unique, variant
 from jaxllm.data.sources import DataError
 
-Style = Literal["steps", "answer_first", "answer_only"]
+Style = Literal["steps", "answer_first", "answer_only", "mixed"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class ArithmeticConfig:
     ops: str = "+-*"
     kind: Literal["expression", "word", "mixed"] = "expression"
     style: Style = "steps"
+    steps_fraction: float = 0.5  # style "mixed": this share of solutions step by step, the rest answer first
     answer_format: Literal["####", "sentence"] = "####"
     test_fraction: float = 0.2
 
@@ -47,8 +48,10 @@ class ArithmeticConfig:
             raise DataError(f"arithmetic ops: need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
         if not self.ops or set(self.ops) - set("+-*"):
             raise DataError(f"arithmetic ops={self.ops!r}: use a non-empty subset of '+-*'")
-        if self.style not in ("steps", "answer_first", "answer_only"):
-            raise DataError(f"arithmetic style={self.style!r}: use steps, answer_first or answer_only")
+        if self.style not in ("steps", "answer_first", "answer_only", "mixed"):
+            raise DataError(f"arithmetic style={self.style!r}: use steps, answer_first, answer_only or mixed")
+        if not 0.0 <= self.steps_fraction <= 1.0:
+            raise DataError(f"arithmetic steps_fraction={self.steps_fraction!r}: use a share between 0 and 1")
 
 
 @dataclass(frozen=True)
@@ -188,13 +191,18 @@ def make_problems(n: int, seed: int = 0, split: str = "train", **options) -> lis
 
 
 def generate(n: int = 1000, seed: int = 0, split: str = "train", **options) -> list[dict]:
-    """n conversations: a problem and its solution in `style` (meta: answer, kind, key, style)."""
+    """n conversations: a problem and its solution in `style` (meta: answer, kind, key, style).
+
+    style "mixed" writes `steps_fraction` of the solutions step by step and the rest answer first, as
+    human-written data mixes styles: the RL stage can then find out which style earns the reward."""
     cfg = ArithmeticConfig(**options)
+    pick = rng_for("arithmetic-style", seed, split)
     out = []
     for p in make_problems(n, seed, split, **options):
-        meta = {"generator": "arithmetic", "answer": p.answer, "kind": p.kind, "key": p.key, "style": cfg.style,
+        style = cfg.style if cfg.style != "mixed" else "steps" if pick.random() < cfg.steps_fraction else "answer_first"
+        meta = {"generator": "arithmetic", "answer": p.answer, "kind": p.kind, "key": p.key, "style": style,
                 "split": split}
-        out.append(conversation(p.question, solution(p, cfg.style, cfg.answer_format), meta=meta))
+        out.append(conversation(p.question, solution(p, style, cfg.answer_format), meta=meta))
     return out
 
 
