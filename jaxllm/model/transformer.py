@@ -43,13 +43,14 @@ def _constrain(x: Array, names: tuple) -> Array:
     return nn.with_logical_constraint(x, names)
 
 
-def matmul(x: Array, w: Array, dt) -> Array:
-    """x [n, in] @ w [in, out] in dtype dt, or in w's dtype when narrower (bfloat16 inference weights:
-    bfloat16 inputs summed in float32 run ~2x faster on CPU than float32, bfloat16 outputs slower)."""
+def matmul(x: Array, w: Array, dt, out_dtype=None) -> Array:
+    """x [n, in] @ w [in, out] in dtype dt, or in w's dtype when narrower, with results in out_dtype
+    (default dt). bfloat16 inference weights: bfloat16 inputs summed in float32 run ~2x faster on CPU
+    than float32 (bfloat16 outputs would be slower)."""
     dt = jnp.dtype(dt)
-    if jnp.dtype(w.dtype).itemsize < dt.itemsize:
-        return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=dt)
-    return x.astype(dt) @ w.astype(dt)
+    in_dt = w.dtype if jnp.dtype(w.dtype).itemsize < dt.itemsize else dt
+    out_dtype = out_dtype or (None if in_dt == dt else dt)
+    return jnp.matmul(x.astype(in_dt), w.astype(in_dt), preferred_element_type=out_dtype)
 
 
 def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
@@ -243,13 +244,12 @@ class Transformer(nn.Module):
             x = jnp.take_along_axis(x, logits_at[:, :, None], axis=1)  # [batch, n, embed]
         x = Norm(cfg, name="final_norm")(x)
         # one 2-D matmul [batch*length, embed] @ [embed, vocab] (see Proj), float32 logits
-        rows, n = x.shape[0] * x.shape[1], x.shape[1]
+        b, n, _ = x.shape
         if cfg.tie_embeddings:
-            w = embedding if jnp.dtype(embedding.dtype).itemsize < dt.itemsize else embedding.astype(dt)
-            logits = jnp.matmul(x.reshape(rows, -1).astype(w.dtype), w.T, preferred_element_type=jnp.float32)
+            logits = matmul(x.reshape(b * n, -1), embedding.T, dt, jnp.float32)
         else:
-            logits = _LMHead(cfg, name="lm_head")(x.reshape(rows, -1))
-        logits = logits.reshape(x.shape[0], n, -1)
+            logits = _LMHead(cfg, name="lm_head")(x.reshape(b * n, -1))
+        logits = logits.reshape(b, n, -1)
         logits = _constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if cache is None:
             return logits
@@ -280,5 +280,4 @@ class _LMHead(nn.Module):
         cfg = self.cfg
         kernel = _param(self, "kernel", nn.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                         ("embed", "vocab"))
-        w = kernel if jnp.dtype(kernel.dtype).itemsize < jnp.dtype(x.dtype).itemsize else kernel.astype(x.dtype)
-        return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+        return matmul(x, kernel, x.dtype, jnp.float32)
