@@ -30,16 +30,17 @@ def busy_seconds() -> float:
 
 def best(fn, repeats: int, max_tries: int = 6) -> tuple[float, float]:
     """Best time of `repeats` samples during which other processes used < 0.25 cores (shared machine:
-    up to max_tries samples, else the best of all); returns (seconds, cores the others used then)."""
+    up to max_tries samples; if the first `repeats` are all busy the load is steady, so take the best
+    of those); returns (seconds, cores the others used then)."""
     fn()  # warm-up: compiles / allocates
     clean, dirty = [], []
-    for _ in range(max_tries):
+    for i in range(max_tries):
         b0, c0, t0 = busy_seconds(), time.process_time(), time.perf_counter()
         fn()
         dt = time.perf_counter() - t0
         others = max(0.0, (busy_seconds() - b0) - (time.process_time() - c0)) / dt
         (clean if others < 0.25 else dirty).append((dt, others))
-        if len(clean) >= repeats:
+        if len(clean) >= repeats or (i + 1 >= repeats and not clean):
             break
     return min(clean or dirty)
 
