@@ -190,3 +190,13 @@ def test_correctness_and_format_rewards():
     assert R.math_reward("#### 11", 12, format_weight=0.1) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="not a number"):
         R.correctness_reward("5", "five")
+
+
+def test_checked_math_reward_pays_only_true_working():
+    assert R.checked_math_reward("9 + 1 = 10\n10 - 3 = 7\n#### 7", 7) == 1.0
+    assert R.checked_math_reward("9 + 1 = 11\n11 - 4 = 7\n#### 7", 7) == 0.0  # lucky guess after a false step
+    assert R.checked_math_reward("9 + 1 = 10\n10 - 3 = 7\n#### 8", 7) == 0.0  # true working, wrong answer
+    assert R.checked_math_reward("#### 7", 7) == 1.0  # no working shown: only the answer is checked
+    assert R.checked_math_reward("347 * 28 = 347 * 20 + 347 * 8\n6940 + 2776 = 9716\n#### 9716", 9716) == 1.0
+    assert R.equations_hold("x = 3, so 2 * (3 - 1) = 4") and not R.equations_hold("So -2 - 2 = 0.")
+    assert R.checked_math_reward("9 + 1 = 10\n#### 10", 10, format_weight=0.5) == 1.5

@@ -105,7 +105,7 @@ def choose_difficulty(params, model_cfg: ModelConfig, tokenizer, rl: RLConfig, p
     """The arithmetic level of rl.difficulty_ladder where the model's greedy accuracy on training problems is
     inside rl.target_accuracy, preferring levels with at least rl.eval_problems held-out problems, then the
     one nearest the middle of the range; returns (config, probe table)."""
-    reward_fn = resolve_function(rl.reward)
+    reward_fn = resolve_function(rl.eval_reward)
     lo, hi = rl.target_accuracy
     table = []
     for level in rl.difficulty_ladder:
@@ -148,7 +148,7 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
     train_problems = list(train_problems or load_problems(rl, "train", rl.train_problems, rl.seed))
     eval_problems = list(eval_problems or load_problems(rl, "test", rl.eval_problems, rl.seed))
     advantage_fn = resolve_function(rl.advantage)
-    reward_fn = resolve_function(rl.reward)
+    reward_fn, eval_reward_fn = resolve_function(rl.reward), resolve_function(rl.eval_reward)
     reward_opts = {"format_weight": rl.format_weight, "answer_format": rl.answer_format}
     factory = rl_loss_factory(resolve_function(rl.loss), rl.loss_kwargs())
     total_updates = rl.steps * rl.updates_per_step
@@ -178,11 +178,11 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
     metrics = MetricsWriter(out_dir, resume_step=step)
 
     def evaluate(at: int) -> dict:
-        ev = rollout.greedy_accuracy(trainer.state.params, model_cfg, tokenizer, eval_problems, rl.template, reward_fn,
+        ev = rollout.greedy_accuracy(trainer.state.params, model_cfg, tokenizer, eval_problems, rl.template, eval_reward_fn,
                                      max_new_tokens=rl.max_new_tokens, batch_size=rl.eval_batch, pad_id=pad_id,
                                      **reward_opts)
         metrics.write(at, heldout_acc=ev["accuracy"], heldout_ci_low=ev["ci95"][0], heldout_ci_high=ev["ci95"][1],
-                      heldout_response_len=ev["response_len"])
+                      heldout_response_len=ev["response_len"], heldout_answer_first=ev["answer_first"])
         tqdm.write(f"  rl step {at}: held-out greedy accuracy {ev['accuracy']:.1%} ({ev['correct']}/{ev['n']}, "
                    f"95% CI {ev['ci95'][0]:.1%}-{ev['ci95'][1]:.1%})")
         return ev
@@ -244,8 +244,9 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
         if jax.process_index() == 0:
             records = read_metrics(out_dir / "metrics.jsonl")
             out["plots"] = {
-                "heldout_accuracy": str(plot_curves(records, ["heldout_acc"], out_dir / "heldout_accuracy.png",
-                                                    title="held-out greedy accuracy during RL")),
+                "heldout_accuracy": str(plot_curves(records, ["heldout_acc", "heldout_answer_first"],
+                                                    out_dir / "heldout_accuracy.png",
+                                                    title="held-out greedy accuracy (and share answering first) during RL")),
                 "response_length": str(plot_curves(records, ["response_len"], out_dir / "response_length.png",
                                                    title="mean response length (tokens) during RL")),
                 "reward": str(plot_curves(records, ["reward_mean", "train_acc"], out_dir / "reward.png",
@@ -259,7 +260,7 @@ def train_rl(out_dir: str | Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, 
 
 
 def _summary(ev: dict) -> dict:
-    return {k: ev[k] for k in ("accuracy", "correct", "n", "ci95", "response_len")}
+    return {k: ev.get(k) for k in ("accuracy", "correct", "n", "ci95", "response_len", "answer_first")}
 
 
 def report_section(result: dict) -> str:
@@ -275,6 +276,9 @@ def report_section(result: dict) -> str:
              f"Two-proportion z = {result['z']:.2f} ({'beyond' if abs(result['z']) > 1.96 else 'within'} noise at 95%); "
              f"paired on the same problems: {result['paired']['gained']} newly right, {result['paired']['lost']} newly "
              f"wrong, McNemar z = {result['paired']['z']:.2f}.", ""]
+    if b.get("answer_first") is not None and a.get("answer_first") is not None:
+        lines += [f"Replies that state the answer before any working: {b['answer_first']:.0%} before RL, "
+                  f"{a['answer_first']:.0%} after.", ""]
     if result.get("difficulty"):
         probe = ", ".join(f"{row['level']}: {row['accuracy']:.0%}" for row in result["difficulty"]["probe"])
         lines += [f"Difficulty (digits:operations) probed on {result['difficulty']['probe'][0]['n']} training problems "

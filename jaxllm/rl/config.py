@@ -42,7 +42,8 @@ class RLConfig:
     # update: pure functions by reference, hyperparameters passed as keyword arguments
     advantage: str = "jaxllm.rl.advantages:grpo_advantages"
     loss: str = "jaxllm.rl.losses:grpo_loss"
-    reward: str = "jaxllm.rl.rewards:math_reward"
+    reward: str = "jaxllm.rl.rewards:math_reward"  # what the rollouts are paid (checked_math_reward: working must hold too)
+    eval_reward: str = "jaxllm.rl.rewards:math_reward"  # held-out accuracy and the difficulty probe: the answer key only
     format_weight: float = 0.0  # math_reward: + format_weight if the answer is in the expected format
     answer_format: str = "####"
     updates_per_step: int = 1  # optimizer steps on each rollout batch (> 1: PPO-style reuse, clipping bites)

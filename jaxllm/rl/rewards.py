@@ -120,3 +120,44 @@ def math_reward(completion: str, answer, *, format_weight: float = 0.0, answer_f
     if format_weight:
         r += format_weight * format_reward(completion, answer_format=answer_format)
     return r
+
+
+_EQUATION_RE = re.compile(r"([-+*/()\d\s.]*\d[-+*/()\d\s.]*)=([-+*/()\d\s.]*\d[-+*/()\d\s.]*)")
+
+
+def _arith(text: str) -> Optional[float]:
+    """Value of a plain arithmetic expression (numbers, + - * /, brackets); None if it is anything else."""
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+    def ev(node):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            return -ev(node.operand) if isinstance(node.op, ast.USub) else ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](ev(node.left), ev(node.right))
+        raise ValueError(node)
+
+    try:
+        return float(ev(ast.parse(text.strip(), mode="eval").body))
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def equations_hold(completion: str) -> bool:
+    """True if every "expression = expression" the completion writes is arithmetically true ("3 + 4 = 7")."""
+    for line in completion.splitlines():
+        for left, right in _EQUATION_RE.findall(line):
+            a, b = _arith(left), _arith(right)
+            if a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9):
+                return False
+    return True
+
+
+def checked_math_reward(completion: str, answer, **options) -> float:
+    """math_reward, paid only if the working shown is true as well: a right final answer after a false step
+    ("9 + 1 = 11 ... #### 10") is a lucky guess, and rewarding it teaches the model to guess."""
+    return math_reward(completion, answer, **options) if equations_hold(completion) else 0.0

@@ -106,8 +106,11 @@ def greedy_accuracy(params, model_cfg, tokenizer, problems: Sequence[dict], temp
     correct = score(texts, [p["answer"] for p in problems], reward_fn, **reward_options) >= 1.0
     k, n = int(correct.sum()), len(problems)
     lo, hi = wilson_interval(k, n)
+    marker = reward_options.get("answer_format") or "####"
     return {"accuracy": k / max(n, 1), "correct": k, "n": n, "ci95": [lo, hi], "per_problem": correct.astype(int).tolist(),
             "response_len": float(np.mean([len(o) for o in outs])) if outs else 0.0,
+            # replies that state the answer before any working (the strategy RL often unlearns)
+            "answer_first": float(np.mean([t.lstrip().startswith(marker) for t in texts])) if texts else 0.0,
             "examples": [{"question": p["question"], "completion": t, "answer": p["answer"]}
                          for p, t in zip(problems[:3], texts[:3])]}
 
