@@ -305,15 +305,21 @@ def _windows(records: list[dict], key: str, stop: int, end: int, half: int = 5) 
     return {"early_stop": mean(stop - half, stop + half), "end": mean(end - 2 * half + 1, end)}
 
 
+HACKED_DROP = 0.25  # a fall of the held-out true score smaller than this is called a stall, not hacking
+
+
 def report_markdown(s: dict, out_dir: Path, base: Path) -> str:
     """The run report's RLHF section: numbers, plots and what happened, written from the numbers."""
     rm, stop = s["reward_model"], s["early_stop_step"]
     rel = lambda p: os.path.relpath(p, base)  # noqa: E731
-    fell = s["final_heldout_true"] < s["early_stop_heldout_true"]
+    fell = s["final_heldout_true"] < s["early_stop_heldout_true"] - HACKED_DROP
+    stalled = s["final_heldout_true"] <= s["early_stop_heldout_true"]
     rose = s["final_heldout_rm"] > s["early_stop_heldout_rm"]
     verdict = ("the reward model was hacked: its score kept rising while the labeller's hidden true score fell"
-               if fell and rose else "no reward hacking showed up in this run (the true score did not fall "
-               "while the reward-model score rose)")
+               if fell and rose else
+               "the reward model was over-optimised: its score kept rising after the early stop while the "
+               "labeller's hidden true score stopped improving" if stalled and rose else
+               "no reward hacking showed up in this run (the true score kept up with the reward-model score)")
     lines = [
         "## RLHF (toy language, simulated labeller)", "",
         f"Reward model (backbone from the SFT policy + scalar head, {rm['loss']} on {rm['train_rankings']} "
