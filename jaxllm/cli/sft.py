@@ -43,15 +43,14 @@ def add_parser(sub) -> None:
 
 
 def _options(pairs: list[str]) -> dict:
+    from jaxllm.data.generators import option_value
+
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"jaxllm sft: --option {pair!r} must look like KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = option_value(value)
     return out
 
 

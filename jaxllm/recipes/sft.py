@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from jaxllm.data.generators import write_mixture
+from jaxllm.data.generators import option_value, write_mixture
 from jaxllm.data.pipeline import token_byte_lengths
 from jaxllm.data.sft import SFTDataConfig, load_sft_data, make_sft_eval_batches, make_sft_iterator
 from jaxllm.eval.behaviour import identity_check, tool_use_check
@@ -99,18 +99,9 @@ def parse_mixture(entries: tuple[str, ...]) -> dict:
         options = {}
         for kv in filter(None, opts.split(",")):
             key, _, value = kv.partition("=")
-            options[key] = _number_or_text(value)
+            options[key] = option_value(value)
         out[name] = (int(count), options)
     return out
-
-
-def _number_or_text(value: str):
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def behaviour(name: str, model_cfg: ModelConfig, params, tokenizer, trials: int, seed: int) -> dict:

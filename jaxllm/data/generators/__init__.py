@@ -107,6 +107,16 @@ def generate(name: str, /, n: Optional[int] = None, seed: int = 0, split: str = 
         raise DataError(f"generator {name!r}: {e}; options: {', '.join(inspect.signature(fn).parameters)}") from e
 
 
+def option_value(text: str):
+    """A generator option from the command line or a mixture entry: JSON when it parses (3, 0.4, true), else the text."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def write_mixture(out_dir, counts: dict, seed: int = 0, split: str = "train") -> tuple[str, ...]:
     """Write one JSONL per generator into `out_dir` and return the paths (for SFTDataConfig.files).
 
@@ -123,4 +133,4 @@ def write_mixture(out_dir, counts: dict, seed: int = 0, split: str = "train") ->
     return tuple(paths)
 
 
-__all__ = ["conversation", "split_of", "generate", "generator_names", "get_generator", "write_jsonl", "write_mixture"]
+__all__ = ["conversation", "split_of", "generate", "option_value", "generator_names", "get_generator", "write_jsonl", "write_mixture"]
