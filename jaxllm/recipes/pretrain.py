@@ -179,8 +179,8 @@ def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[di
                 tqdm.write(f"  step {step} sample: {t!r}")
         return texts
 
-    def flush(pending, rate=None, host=None):
-        for (s, _), hm in zip(pending, host or jax.device_get([m for _, m in pending])):
+    def flush(pending, rate=None):
+        for (s, _), hm in zip(pending, jax.device_get([m for _, m in pending])):
             extra = {"tokens_per_s": rate, "mfu": rate * flops_over_peak} if rate else {}
             metrics.write(s, loss=float(hm["loss"]), grad_norm=float(hm["grad_norm"]),
                           lr=float(trainer.schedule(s - 1)), **extra)
@@ -205,11 +205,11 @@ def train_loop(out_dir: Path, trainer: Trainer, data_iter, eval_batches: list[di
             pending.append((step, m))
             last = step == train.steps
             if step % train.log_every == 0 or last:
-                host = jax.device_get([m for _, m in pending])  # waits: the rate counts finished steps only
+                jax.block_until_ready([m for _, m in pending])  # the rate counts finished steps only
                 now = time.perf_counter()
                 rate = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
                 t_last, step_last = now, step
-                loss = flush(pending, rate, host)
+                loss = flush(pending, rate)
                 pending = []
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at step {step}; lower the learning rate or check the data")
