@@ -12,6 +12,10 @@ taken in the same run. Needs torch (CPU build: pip install torch==2.13.0), trans
 """
 from __future__ import annotations
 
+from jaxllm.allocator import reexec_under_tcmalloc
+
+reexec_under_tcmalloc()  # before jax is imported (jaxllm/allocator.py)
+
 import argparse
 import dataclasses
 import os

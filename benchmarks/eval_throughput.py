@@ -12,6 +12,10 @@ reported. Results: JSON on stdout (and --out).
 """
 from __future__ import annotations
 
+from jaxllm.allocator import reexec_under_tcmalloc
+
+reexec_under_tcmalloc()  # before jax is imported (jaxllm/allocator.py)
+
 import argparse
 import json
 import os

@@ -14,6 +14,10 @@ the budget from a measured step time, as a person tuning it fairly would do.
 """
 from __future__ import annotations
 
+from jaxllm.allocator import reexec_under_tcmalloc
+
+reexec_under_tcmalloc()  # before jax is imported (jaxllm/allocator.py)
+
 import argparse
 import json
 import math

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the process entry point: before jax is imported
+        from jaxllm.allocator import reexec_under_tcmalloc
+
+        reexec_under_tcmalloc()
     from jaxllm.config import ConfigError
     from jaxllm.data.sources import DataError
     from jaxllm.fetch import FetchError

@@ -56,7 +56,7 @@ class RLHFConfig:
     heldout_groups: int = 96  # held-out rankings: 96 * 6 = 576 pairs at k = 4
     label_noise: float = 0.3  # Gumbel scale of the labeller
     rm_loss: str = "bradley_terry"  # or "plackett_luce"
-    rm_steps: int = 150
+    rm_steps: int = 300  # at 150 the reward model was weaker on some machines (float order) and RL hacked it from step 0
     rm_groups_per_step: int = 16
     rm_lr: float = 1e-3
     # GRPO against the reward model
