@@ -50,6 +50,9 @@ def config(depth: int = 3) -> Config:
         # the KL rose ~0.05 in a few steps and held-out accuracy fell (59.5% -> 55.8% in one trial)
         rl=RLConfig(steps=30, prompts_per_step=16, group_size=8, temperature=0.8, eval_problems=400, eval_every=10,
                     ops="+-", difficulty_ladder=("1-1:2-2", "1-2:1-1", "1-2:1-2", "2-2:2-2"),
+                    # >= 30% greedy: a run that probed 19% at 1-2:1-1 trained there and its sampled rollouts
+                    # (temperature 0.8, checked reward) scored ~1%: 94-100% of groups had zero advantage
+                    target_accuracy=(0.3, 0.7),
                     reward="jaxllm.rl.rewards:checked_math_reward",
                     optim=OptimConfig(lr=3e-5, warmup_steps=0, schedule="constant", weight_decay=0.0)),
         sample=SampleConfig(prompts=("The capital of France is", "In 1905, Albert Einstein", "The river"),
