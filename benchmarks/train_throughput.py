@@ -11,7 +11,7 @@ machine swing ~2x between runs: read the ratios.
 """
 from __future__ import annotations
 
-from jaxllm.allocator import reexec_under_tcmalloc
+from jaxllm.allocator import reexec_under_tcmalloc, tcmalloc_loaded
 
 reexec_under_tcmalloc()  # before jax is imported (jaxllm/allocator.py)
 
@@ -88,8 +88,6 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gpt2", action="store_true", help="also the GPT-2 124M shape at context 1024")
     args = ap.parse_args()
-    from jaxllm.allocator import tcmalloc_loaded
-
     print(f"allocator: {'tcmalloc' if tcmalloc_loaded() else 'glibc malloc (JAXLLM_TCMALLOC=0 or not installed)'}")
     peaks = [measure_matmul_peak(1024, jnp.float32, repeats=10)]
     shapes = [(name, gpt2_like(d, L, h, 256, 8192), args.batch, args.steps) for name, (d, L, h) in SHAPES.items()]
@@ -104,6 +102,7 @@ def main():
     for name, cfg, a, b in rows:
         f = flops_per_token(cfg, cfg.max_seq_len)
         print(f"{name:>18} {a:>11,.0f} {b:>12,.0f} {a / b:>6.2f} {a * f / peak:>8.1%} {b * f / peak:>9.1%}")
+
 
 if __name__ == "__main__":
     main()

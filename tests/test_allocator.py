@@ -19,14 +19,15 @@ def probe(**env):
     return loaded == "True", preload, int(pid) == p.pid
 
 
-@pytest.mark.skipif(find_tcmalloc() is None, reason="libtcmalloc not installed (Debian: libtcmalloc-minimal4)")
+# CI installs it (.ci/apt-packages.txt), so there a missing library fails instead of skipping
+@pytest.mark.skipif(find_tcmalloc() is None and not os.environ.get("CI"),
+                    reason="libtcmalloc not installed (Debian: libtcmalloc-minimal4)")
 def test_reexec_loads_tcmalloc_in_the_same_pid_and_strips_the_preload_for_children():
     loaded, preload, same_pid = probe()
     assert loaded and same_pid  # exec, not a child: kill -9 of the pid still hits the run
     assert preload == "''"
-    assert probe(JAXLLM_TCMALLOC="0")[0] is False
 
 
-def test_runs_without_tcmalloc_when_told_or_missing():
+def test_runs_without_tcmalloc_when_told():
     loaded, _, _ = probe(JAXLLM_TCMALLOC="0")
     assert not loaded
