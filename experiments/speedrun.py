@@ -16,7 +16,7 @@ from jaxllm.data.pipeline import PipelineConfig
 from jaxllm.data.sources import DataConfig
 from jaxllm.model.presets import tiny, tiny_hparams
 from jaxllm.recipes.experiment import Config, SampleConfig
-from jaxllm.recipes.sft import SFTConfig
+from jaxllm.recipes.sft import SFTConfig, ThinkConfig
 from jaxllm.rl.config import RLConfig
 from jaxllm.tokenizer import TokenizerConfig
 from jaxllm.train.optim import OptimConfig
@@ -45,7 +45,11 @@ def config(depth: int = 3) -> Config:
         # (as human-written data mixes styles): the RL stage can find out which style pays
         sft=dataclasses.replace(SFTConfig(), mixture=(
             "identity:300", "arithmetic:3000:max_digits=1,max_ops=2,ops=+-,style=mixed,steps_fraction=0.3",
-            "tool-python:800"), train=dataclasses.replace(SFTConfig().train, steps=600)),
+            "tool-python:800"), train=dataclasses.replace(SFTConfig().train, steps=600),
+            # three chained + / - operations: answer first must do all three in one go, step by step one per line
+            think=dataclasses.replace(ThinkConfig(), ops="+-", min_ops=3, max_ops=3,
+                                      train=dataclasses.replace(ThinkConfig().train, steps=120, eval_every=60,
+                                                                checkpoint_every=60))),
         # checked_math_reward pays a right answer only after true working (no lucky guesses); lr 3e-5: at 1e-4
         # the KL rose ~0.05 in a few steps and held-out accuracy fell (59.5% -> 55.8% in one trial)
         rl=RLConfig(steps=30, prompts_per_step=16, group_size=8, temperature=0.8, eval_problems=400, eval_every=10,

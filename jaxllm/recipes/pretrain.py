@@ -114,7 +114,7 @@ def pretrain(out_dir: Path, model_cfg: ModelConfig, mesh_cfg: MeshConfig, optim:
 
 
 def fit_steps_to_budget(out_dir: Path, train: TrainConfig, make_trainer: Callable, batches,
-                        measure_steps: int = 5) -> TrainConfig:
+                        measure_steps: int = 10) -> TrainConfig:
     """With train.steps == 0, choose the schedule length that fills train.time_budget_s.
 
     The step time is measured once on throwaway steps and recorded in out_dir/calibration.json, so
@@ -128,13 +128,15 @@ def fit_steps_to_budget(out_dir: Path, train: TrainConfig, make_trainer: Callabl
     if record.exists():
         return dataclasses.replace(train, steps=int(json.loads(record.read_text())["steps"]))
     probe = make_trainer(dataclasses.replace(train, steps=1000))
-    for _ in range(2):  # compile and warm up
+    for _ in range(3):  # compile and warm up
         jax.block_until_ready(probe.step(next(batches)))
-    t0 = time.perf_counter()
-    for _ in range(measure_steps):
-        m = probe.step(next(batches))
-    jax.block_until_ready(m)
-    step_time = (time.perf_counter() - t0) / measure_steps
+    times = []
+    for _ in range(measure_steps):  # the step alone (the loop prefetches batches), median: one slow step is noise
+        batch = next(batches)
+        t0 = time.perf_counter()
+        jax.block_until_ready(probe.step(batch))
+        times.append(time.perf_counter() - t0)
+    step_time = float(np.median(times))
     steps = max(10, int(0.95 * train.time_budget_s / step_time))
     if jax.process_count() > 1:  # every process must use the same schedule: process 0 decides
         from jax.experimental import multihost_utils
