@@ -131,7 +131,10 @@ def test_background_process_dies_with_the_run(cfg):
 
 
 def test_memory_bomb(cfg):
-    r = run_python("x = []\nwhile True:\n    x.append(bytearray(32 << 20))", cfg)
+    # zeroing 256 MB took 0.25 s CPU here but over 1 s on a CI machine: give the CPU limit headroom
+    # so that the memory limit, not the time limit, is what stops it
+    r = run_python("x = []\nwhile True:\n    x.append(bytearray(32 << 20))",
+                   replace(cfg, cpu_seconds=10, wall_seconds=15.0))
     assert not r.ok and r.error == "memory limit exceeded (256 MB)", r
     _still_works(cfg)
 
