@@ -74,9 +74,12 @@ def test_slurm_script_is_wired_by_jax_slurm_detection(tmp_path):
     assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")]).returncode == 0
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text(FAKE_SRUN)
+    # this interpreter, not `env python3`: a pyenv shim would put its own python first on the tasks' PATH
+    (bin_dir / "srun").write_text(FAKE_SRUN.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
     (bin_dir / "srun").chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # a wrapper, not a symlink: a symlinked venv python finds no pyvenv.cfg beside it and loses the venv
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAXLLM_", "SLURM_"))}
     env.update(PATH=f"{bin_dir}:{env['PATH']}", SLURM_JOB_ID=str(slurm_port() - 61440), JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=2")
