@@ -47,8 +47,8 @@ def config(depth: int = 3) -> Config:
             "identity:300", "arithmetic:3000:max_digits=1,max_ops=2,ops=+-,style=mixed,steps_fraction=0.3",
             "tool-python:800"), train=dataclasses.replace(SFTConfig().train, steps=600),
             # three chained + / - operations: answer first must do all three in one go, step by step one per line;
-            # 120 steps from the base were too few to show it in one run (5/100 vs 5/100)
-            think=dataclasses.replace(ThinkConfig(), ops="+-", min_ops=3, max_ops=3,
+            # from the SFT model (120 steps from the base were too few to show it in one run: 5/100 vs 5/100)
+            think=dataclasses.replace(ThinkConfig(), start="sft", ops="+-", min_ops=3, max_ops=3,
                                       train=dataclasses.replace(ThinkConfig().train, steps=120, eval_every=60,
                                                                 checkpoint_every=60))),
         # checked_math_reward pays a right answer only after true working (no lucky guesses); lr 3e-5: at 1e-4

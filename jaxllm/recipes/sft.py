@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Literal
 
 import jax
 
@@ -56,9 +57,12 @@ class IDKConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ThinkConfig:
-    """Models need tokens to think: two short SFT runs from the same base model on the same problems, one
+    """Models need tokens to think: two short SFT runs from the same starting model on the same problems, one
     with step-by-step solutions and one answer-first, then held-out accuracy on bigger numbers."""
     enabled: bool = True
+    # "base": both runs start from the pretrained model; "sft": from the main SFT model, which already knows the
+    # chat format and short arithmetic, so the short runs are spent on the skill itself
+    start: Literal["base", "sft"] = "base"
     problems: int = 5000  # training problems, the same ones (and order) for both variants
     min_digits: int = 1
     max_digits: int = 1
@@ -330,7 +334,7 @@ def think_comparison(out_dir: Path, model_cfg: ModelConfig, base_params, tokeniz
               flush=True)
     digits = f"{cfg.min_digits}-{cfg.max_digits}" if cfg.min_digits != cfg.max_digits else str(cfg.min_digits)
     n_ops = f"{cfg.min_ops}-{cfg.max_ops}" if cfg.min_ops != cfg.max_ops else str(cfg.min_ops)
-    return {"train": {"problems": cfg.problems, "digits": digits, "ops": cfg.ops, "n_ops": n_ops,
+    return {"start": cfg.start, "train": {"problems": cfg.problems, "digits": digits, "ops": cfg.ops, "n_ops": n_ops,
                       "steps": cfg.train.steps, "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len},
             "test": {"bigger_digits": cfg.test_digits, "same_digits": digits, "n": cfg.test_problems},
             "variants": variants, "seconds": round(time.time() - t0, 1)}
@@ -365,7 +369,8 @@ def sft_stage(ctx) -> dict:
         extra["idk"]["side_checks"]["identity"]["before"] = after["identity"]
         extra["idk"]["details"] = os.path.relpath(extra["idk"]["details"], ctx.run_dir)
     if s.think.enabled:
-        extra["think"] = think_comparison(out / "think", model_cfg, base, tok, s.think, cfg.mesh, s.data.template)
+        start = tuned if s.think.start == "sft" else base
+        extra["think"] = think_comparison(out / "think", model_cfg, start, tok, s.think, cfg.mesh, s.data.template)
     md = report_section(result, before, after, out, ctx.run_dir)
     md += "".join("\n\n" + f(extra[k]) for k, f in (("idk", idk_report), ("think", think_report)) if k in extra)
     return {**result, "before": before, "after": after, **extra, "report_md": md}
@@ -440,8 +445,9 @@ def idk_report(r: dict) -> str:
 def think_report(r: dict) -> str:
     """Markdown for result["think"]."""
     tr, te, v = r["train"], r["test"], r["variants"]
+    start = "SFT model" if r.get("start") == "sft" else "base model"
     lines = ["### Models need tokens to think: step by step vs answer first", "",
-             f"Two SFT runs from the same base model on the same {tr['problems']} problems ({tr['digits']}-digit operands, "
+             f"Two SFT runs from the same {start} on the same {tr['problems']} problems ({tr['digits']}-digit operands, "
              f"{tr['n_ops']} operations of {tr['ops']}), {tr['steps']} steps each; only the solution style differs. "
              "Greedy accuracy on held-out problems:", "",
              f"| solution style | {te['bigger_digits']}-digit operands (bigger than trained) | {te['same_digits']}-digit "
