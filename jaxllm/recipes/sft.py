@@ -305,9 +305,9 @@ def arithmetic_check(model, problems, max_new_tokens: int, batch_size: int = 32)
                         for p, r, k in list(zip(problems, replies, ok))[:3]]}
 
 
-def think_comparison(out_dir: Path, model_cfg: ModelConfig, base_params, tokenizer, cfg: ThinkConfig,
+def think_comparison(out_dir: Path, model_cfg: ModelConfig, init_params, tokenizer, cfg: ThinkConfig,
                      mesh: MeshConfig, template: str = "jaxllm") -> dict:
-    """Two SFT runs from `base_params` on the same problems, step by step vs answer first; returns result["think"]."""
+    """Two SFT runs from `init_params` on the same problems, step by step vs answer first; returns result["think"]."""
     import time
 
     from jaxllm.data.chat import write_jsonl
@@ -323,7 +323,7 @@ def think_comparison(out_dir: Path, model_cfg: ModelConfig, base_params, tokeniz
                  for p in probs["train"]]
         path = write_jsonl(convs, out_dir / "data" / f"{style}.jsonl")
         data_cfg = dataclasses.replace(cfg.data, template=template)
-        run = sft(out_dir / style, model_cfg, base_params, tokenizer, dataclasses.replace(cfg, data=data_cfg), mesh,
+        run = sft(out_dir / style, model_cfg, init_params, tokenizer, dataclasses.replace(cfg, data=data_cfg), mesh,
                   (str(path),), seq_len=min(cfg.data.seq_len, model_cfg.max_seq_len))
         model = from_parts(f"think-{style}", model_cfg, run.pop("params_out"), tokenizer, chat_template=template)
         v = variants[style] = {"bigger": arithmetic_check(model, probs["bigger"], cfg.max_new_tokens),
