@@ -61,6 +61,9 @@ def config(depth: int = 3) -> Config:
                     # >= 30% greedy: a run that probed 19% at 1-2:1-1 trained there and its sampled rollouts
                     # (temperature 0.8, checked reward) scored ~1%: 94-100% of groups had zero advantage
                     target_accuracy=(0.3, 0.7),
+                    # 128 problems per level (~+-8 points): where the 400 held-out problems said 71.8%, 48 probed
+                    # problems said 58.3% and 128 said 64.1% (the probe costs ~10 s)
+                    probe_problems=128,
                     reward="jaxllm.rl.rewards:checked_math_reward",
                     optim=OptimConfig(lr=3e-5, warmup_steps=0, schedule="constant", weight_decay=0.0)),
         sample=SampleConfig(prompts=("The capital of France is", "In 1905, Albert Einstein", "The river"),
