@@ -188,9 +188,15 @@ def test_known_answers_use_the_models_own_finished_reply():
                 "samples": 2}
     cut = {**qa, "replies": ["She was born in 1815 in London, the daughter of"], "correct": [True], "n_correct": 1,
            "samples": 1}
-    own, template = idk_training_set([finished, cut], seed=0)
+    trimmed = {**qa, "replies": ["Ada Lovelace, a friend of Dr. Babbage, was born in 1815. Her father was Lord"],
+               "correct": [True], "n_correct": 1, "samples": 1}
+    wrong_first = {**qa, "replies": ["She was a mathematician. She was born in 1815 in London, the"], "correct": [True],
+                   "n_correct": 1, "samples": 1}  # the only full sentence does not hold the answer
+    own, template, cut_own, no_own = idk_training_set([finished, cut, trimmed, wrong_first], seed=0)
     assert own["messages"][1]["content"] == "She was born in 1815." and own["meta"]["own_answer"]
     assert template["messages"][1]["content"] == "Ada Lovelace was born in 1815." and not template["meta"]["own_answer"]
+    assert cut_own["messages"][1]["content"] == "Ada Lovelace, a friend of Dr. Babbage, was born in 1815."
+    assert no_own["messages"][1]["content"] == "Ada Lovelace was born in 1815." and not no_own["meta"]["own_answer"]
     assert idk_training_set([finished], own_answers=False)[0]["messages"][1]["content"] == "Ada Lovelace was born in 1815."
 
 

@@ -199,13 +199,24 @@ def probe_label(n_correct: int, samples: int, known_min: int = 1) -> str:
     return "known" if n_correct >= known_min else "unsure"
 
 
+# a sentence end: not after an initial or a title ("James C.", "Dr."), which need two lowercase letters or digits
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"]{2})[.!?](?=\s|$)")
+
+
 def own_answer(probed: dict, max_chars: int = 300) -> Optional[str]:
-    """The model's own first right reply to a probed question when it is a finished sentence (so training on
-    it keeps the model's voice), else None."""
+    """The model's own first right reply to a probed question (so training on it keeps the model's voice):
+    whole when it is a finished sentence, else cut after its last full sentence that the judge still finds
+    right (a reply cut off by max_new_tokens); None when there is no such reply. Without this nearly every
+    known answer became a short template sentence, and the finetuned model learned to answer tersely."""
     for reply, ok in zip(probed.get("replies", ()), probed.get("correct", ())):
         reply = reply.strip()
-        if ok and len(reply) <= max_chars and reply[-1:] in ".!)\"":
+        if not ok:
+            continue
+        if len(reply) <= max_chars and reply[-1:] in ".!)\"":
             return reply
+        for end in reversed(list(_SENTENCE_END.finditer(reply[:max_chars]))):
+            if judge(reply[:end.end()], probed):
+                return reply[:end.end()]
     return None
 
 
