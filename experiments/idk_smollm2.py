@@ -26,16 +26,28 @@ half. CI does not run it (tests/test_sft_idk.py only checks that the config load
 What we saw (seed 0): the probe found 49 of 150 questions known (right at least once in 3) and 101
 missed every time. Held-out, n = 60 invented people and 100 corpus questions (31 answered right before):
 
-    setting                          hallucination   known-question accuracy   refusals of questions missed before
-    before SFT                       100% [94, 100]  100% (by construction)      0% [0, 5]
-    lr 2e-5, 40 steps, answers x1     17% [9, 28]     29% [16, 47]              87% [77, 93]
-    lr 1e-5, 30 steps, answers x2     18% [11, 30]    35% [21, 53]              74% [62, 83]   (these defaults)
+    setting                                 hallucination   known-question accuracy   refusals of questions missed before
+    before SFT                              100% [94, 100]  100% (by construction)      0% [0, 5]
+    lr 2e-5, 40 steps, answers x1 (A)        17% [9, 28]     29% [16, 47]              87% [77, 93]
+    lr 1e-5, 30 steps, answers x2 (A)        18% [11, 30]    35% [21, 53]              74% [62, 83]
+    lr 1e-5, 10 steps, answers x5 (A)        90% [80, 95]    65% [47, 79]               4% [1, 12]
+    lr 1e-5, 30 steps, answers x5 (A)        57% [44, 68]    65% [47, 79]              17% [10, 28]
+    lr 1e-5, 30 steps, answers x2 (B)        22% [13, 34]    39% [24, 56]              70% [58, 79]   (these defaults)
+    lr 1e-5, 30 steps, answers x5 (B)        48% [36, 61]    65% [47, 79]              36% [26, 48]
+    lr 1e-5, 30 steps, answers x10 (B)       85% [74, 92]    81% [64, 91]               3% [1, 10]
+(A) the trained answer was the model's own right reply only when it had finished its sentence within
+max_new_tokens (5 of 49), else the short template sentence; (B) the own reply cut after its last full
+sentence that is still judged right (`own_answer`, now the rule).
 
-Hallucinations about people who do not exist fall from all to under a fifth, but the 135M model
-cannot tell well what it knows: it also refuses 55-58% of the held-out questions it answered right
-before, so known-question accuracy drops by 65-71 points, far beyond the 5 allowed. The recipe does not
-pass its own rule at this scale; more and more balanced data (Llama 3 mixes refusals into a large
-general SFT set), a stricter "known" (known_min=2) or a larger model are the next things to try.
+Hallucinations about people who do not exist fall from all to about a fifth, but the 135M model
+cannot tell well what it knows. Two causes of the known-question drop, counted on the 31 questions:
+refusals (x2 with (B): 17 of the 19 lost; x5 with (B): 6 of 11) and right-but-shorter answers that
+the string judge no longer accepts ("Cartilage is a connective tissue found in the human body."
+against "a resilient and smooth type of connective tissue"): at x10 all 6 losses were of this kind
+(none refusals), and after 10 steps at x5 all 11. Weighting the answers up trades hallucination for
+kept knowledge along one curve; no setting here passes the 5-point rule. More and more balanced data
+(Llama 3 mixes refusals into a large general SFT set), a model judge for the known side, a stricter
+"known" (known_min=2) or a larger model are the next things to try.
 """
 import dataclasses
 
