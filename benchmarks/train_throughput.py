@@ -6,8 +6,9 @@
 Both sides: GPT-2 family (LayerNorm, GELU-tanh, learned positions, tied embeddings, biases), float32,
 AdamW, the same batch; torch uses 2 threads (eager); both run under tcmalloc when it is installed
 (jaxllm/allocator.py; JAXLLM_TCMALLOC=0 compares glibc). The f32 matmul peak is measured before and
-after the models; MFU = tokens/s x FLOPs/token / the best of the two. Timings on a shared 2-core
-machine swing ~2x between runs: read the ratios.
+after the models; MFU = tokens/s x FLOPs/token / the best of the two. The two sides run interleaved in
+rounds and the ratio is the median of the per-round ratios (its range beside it): timings on these
+2-core machines swing ~2x between runs, and even within one.
 """
 from __future__ import annotations
 
@@ -37,30 +38,25 @@ def batch_of(batch, seq, vocab, seed=0):
     return {"inputs": x[:, :-1], "targets": x[:, 1:], "loss_mask": np.ones((batch, seq), np.float32)}
 
 
-def ours(cfg: ModelConfig, batch: int, steps: int) -> float:
-    tr = Trainer.create(cfg, MeshConfig(), OptimConfig(lr=1e-3, warmup_steps=1), TrainConfig(steps=steps + 2), seed=0)
+def ours(cfg: ModelConfig, batch: int):
+    """A callable running one of our train steps (compiled, warm) and returning once it finished."""
+    tr = Trainer.create(cfg, MeshConfig(), OptimConfig(lr=1e-3, warmup_steps=1), TrainConfig(steps=10_000), seed=0)
     b = batch_of(batch, cfg.max_seq_len, cfg.vocab_size)
-    jax.block_until_ready(tr.step(b))  # compile
-    jax.block_until_ready(tr.step(b))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        m = tr.step(b)
-    jax.block_until_ready(m)
-    return steps * batch * cfg.max_seq_len / (time.perf_counter() - t0)
+    return lambda: jax.block_until_ready(tr.step(b))
 
 
-def theirs(cfg: ModelConfig, batch: int, steps: int, threads: int = 2) -> float:
+def theirs(cfg: ModelConfig, batch: int, threads: int = 2):
+    """The same for the plain PyTorch model (eager, float32, `threads` threads)."""
     import torch
     import torch.nn.functional as F
 
-    torch.set_num_threads(threads)
-    d, h, T, V = cfg.d_model, cfg.n_heads, cfg.max_seq_len, cfg.vocab_size
-
     from torch_gpt import GPT
 
-    model = GPT(V, T, d, cfg.n_layers, h, cfg.d_ff)
+    torch.set_num_threads(threads)
+    V = cfg.vocab_size
+    model = GPT(V, cfg.max_seq_len, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    b = batch_of(batch, T, V)
+    b = batch_of(batch, cfg.max_seq_len, V)
     x, y = torch.from_numpy(b["inputs"].astype(np.int64)), torch.from_numpy(b["targets"].astype(np.int64))
 
     def step():
@@ -68,12 +64,28 @@ def theirs(cfg: ModelConfig, batch: int, steps: int, threads: int = 2) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
 
-    step(), step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch * T / (time.perf_counter() - t0)
+
+def race(cfg: ModelConfig, batch: int, rounds: int, steps: int, warmup: int = 3) -> dict:
+    """Both sides, interleaved: `rounds` times `steps` of ours then `steps` of theirs. This machine's speed
+    drifts by up to 2x within a minute, so each round gives a paired ratio and the medians are reported
+    (PyTorch's first few steps are also ~1.3x slower than its steady state, hence the warmup)."""
+    sides = {"ours": ours(cfg, batch), "torch": theirs(cfg, batch)}
+    for step in sides.values():
+        for _ in range(warmup):
+            step()
+    tokens = steps * batch * cfg.max_seq_len
+    rates = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, step in sides.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            rates[name].append(tokens / (time.perf_counter() - t0))
+    ratios = [a / b for a, b in zip(rates["ours"], rates["torch"])]
+    return {"ours": float(np.median(rates["ours"])), "torch": float(np.median(rates["torch"])),
+            "ratio": float(np.median(ratios)), "ratio_range": (min(ratios), max(ratios))}
 
 
 def gpt2_like(d, n_layers, n_heads, seq, vocab):
@@ -84,24 +96,29 @@ def gpt2_like(d, n_layers, n_heads, seq, vocab):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape (ratios: their median)")
+    ap.add_argument("--steps", type=int, default=2, help="train steps per side per round")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gpt2", action="store_true", help="also the GPT-2 124M shape at context 1024")
     args = ap.parse_args()
     print(f"allocator: {'tcmalloc' if tcmalloc_loaded() else 'glibc malloc (JAXLLM_TCMALLOC=0 or not installed)'}")
     peaks = [measure_matmul_peak(1024, jnp.float32, repeats=10)]
-    shapes = [(name, gpt2_like(d, L, h, 256, 8192), args.batch, args.steps) for name, (d, L, h) in SHAPES.items()]
+    shapes = [(name, gpt2_like(d, L, h, 256, 8192), args.batch, args.rounds, args.steps)
+              for name, (d, L, h) in SHAPES.items()]
     if args.gpt2:
-        shapes.append(("gpt2-124m ctx1024", gpt2_like(768, 12, 12, 1024, 50257), 4, 3))
-    rows = [(name, cfg, ours(cfg, batch, steps), theirs(cfg, batch, steps)) for name, cfg, batch, steps in shapes]
+        shapes.append(("gpt2-124m ctx1024", gpt2_like(768, 12, 12, 1024, 50257), 4, 3, 1))
+    rows = [(name, cfg, race(cfg, batch, rounds, steps)) for name, cfg, batch, rounds, steps in shapes]
     peaks.append(measure_matmul_peak(1024, jnp.float32, repeats=10))
     peak = max(peaks)  # MFU over the best peak seen in this run (first and last measurement)
     print(f"matmul peak (f32, 1024^3), before and after: {peaks[0] / 1e9:.0f}, {peaks[1] / 1e9:.0f} GFLOP/s; "
           f"MFU below uses the best, {peak / 1e9:.0f}")
-    print(f"{'shape':>18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'our MFU':>8} {'torch MFU':>9}")
-    for name, cfg, a, b in rows:
+    print(f"{'shape':>18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'(range)':>11} {'our MFU':>8} "
+          f"{'torch MFU':>9}")
+    for name, cfg, r in rows:
         f = flops_per_token(cfg, cfg.max_seq_len)
-        print(f"{name:>18} {a:>11,.0f} {b:>12,.0f} {a / b:>6.2f} {a * f / peak:>8.1%} {b * f / peak:>9.1%}")
+        lo, hi = r["ratio_range"]
+        print(f"{name:>18} {r['ours']:>11,.0f} {r['torch']:>12,.0f} {r['ratio']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>11} "
+              f"{r['ours'] * f / peak:>8.1%} {r['torch'] * f / peak:>9.1%}")
 
 
 if __name__ == "__main__":

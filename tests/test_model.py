@@ -201,6 +201,24 @@ def test_remat_gives_identical_grads():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ref, got)
 
 
+def test_cpu_output_projection_gradient_equals_autodiff(family_model, monkeypatch):
+    """head_matmul's custom CPU gradient (tied and untied heads) gives the grads plain autodiff gives."""
+    import jaxllm.model.transformer as transformer
+
+    cfg, params = family_model
+    x = jnp.asarray(tokens(8, (2, 10)))
+
+    def grads():
+        def loss(p):
+            return cross_entropy_loss(Transformer(cfg).apply({"params": p}, x[:, :-1]), x[:, 1:])[0]
+        return jax.grad(loss)(params)  # not jitted: the monkeypatch below must take effect
+
+    ours = grads()
+    monkeypatch.setattr(transformer, "head_matmul", lambda a, w, dt: transformer.matmul(a, w, dt, jnp.float32))
+    plain = grads()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ours, plain)
+
+
 def test_rope_half_split_convention():
     x = jnp.asarray(np.random.RandomState(0).randn(1, 3, 1, 4), jnp.float32)
     pos = jnp.asarray([[0, 1, 5]], jnp.int32)

@@ -53,6 +53,35 @@ def matmul(x: Array, w: Array, dt, out_dtype=None) -> Array:
     return jnp.matmul(x.astype(in_dt), w.astype(in_dt), preferred_element_type=out_dtype)
 
 
+@jax.custom_vjp
+def _cpu_head_matmul(x: Array, w: Array) -> Array:
+    return x @ w
+
+
+def _cpu_head_matmul_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _cpu_head_matmul_bwd(res, g):
+    x, w = res
+    # XLA:CPU computes the weight gradient x^T @ g (a contraction over tokens) ~2.4x faster from a
+    # materialised x^T [embed, tokens]; the barriers stop it folding either transpose back into the dot
+    # (for tied embeddings the [vocab, embed] gradient is this one transposed). Same math as autodiff.
+    dw = jax.lax.optimization_barrier(jax.lax.optimization_barrier(x.T) @ g)
+    return g @ w.T, dw
+
+
+_cpu_head_matmul.defvjp(_cpu_head_matmul_fwd, _cpu_head_matmul_bwd)
+
+
+def head_matmul(x: Array, w: Array, dt) -> Array:
+    """The output projection x [tokens, embed] @ w [embed, vocab] → float32 logits [tokens, vocab]; in float32
+    on CPU through a custom gradient that made the whole train step 1.07x (d_model 256) to 1.12x (128) faster."""
+    if jnp.dtype(dt) == x.dtype == w.dtype == jnp.float32 and jax.default_backend() == "cpu":
+        return _cpu_head_matmul(x, w)
+    return matmul(x, w, dt, jnp.float32)
+
+
 def _param(mod: nn.Module, name: str, init, shape: tuple, axes: tuple):
     return mod.param(name, nn.with_logical_partitioning(init, axes), shape, _dt(mod.cfg.param_dtype))
 
@@ -246,7 +275,7 @@ class Transformer(nn.Module):
         # one 2-D matmul [batch*length, embed] @ [embed, vocab] (see Proj), float32 logits
         b, n, _ = x.shape
         if cfg.tie_embeddings:
-            logits = matmul(x.reshape(b * n, -1), embedding.T, dt, jnp.float32)
+            logits = head_matmul(x.reshape(b * n, -1), embedding.T, dt)
         else:
             logits = _LMHead(cfg, name="lm_head")(x.reshape(b * n, -1))
         logits = logits.reshape(b, n, -1)
@@ -280,4 +309,4 @@ class _LMHead(nn.Module):
         cfg = self.cfg
         kernel = _param(self, "kernel", nn.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                         ("embed", "vocab"))
-        return matmul(x, kernel, x.dtype, jnp.float32)
+        return head_matmul(x, kernel, x.dtype)
