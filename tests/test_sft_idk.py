@@ -180,6 +180,14 @@ def test_sampled_asker_gives_independent_samples_of_one_question():
         {"question": qs[0], "answer": "an English mathematician", "kind": "definition"}], samples=3)
     assert probed[0]["replies"] == sampled and probed[0]["n_correct"] == 0
 
+    from jaxllm.recipes.sft import IDKConfig, _add_greedy_answers
+    cfg_idk = IDKConfig(answer_max_new_tokens=12, batch_size=4)
+    known = [{**probed[0], "n_correct": 1}]
+    assert _add_greedy_answers(model, cfg_idk, probed, None) == 0  # only known questions get one
+    assert _add_greedy_answers(model, cfg_idk, known, None) == 1 and known[0]["greedy_reply"] == greedy[0]
+    assert known[0]["greedy_correct"] is False and known[0]["greedy_max_new_tokens"] == 12
+    assert _add_greedy_answers(model, cfg_idk, known, None) == 0  # already there for this limit (probe.json)
+
 
 def test_known_answers_use_the_models_own_finished_reply():
     qa = {"question": "In what year was Ada Lovelace born?", "answer": "1815", "kind": "year", "title": "Ada Lovelace",
@@ -198,6 +206,24 @@ def test_known_answers_use_the_models_own_finished_reply():
     assert cut_own["messages"][1]["content"] == "Ada Lovelace, a friend of Dr. Babbage, was born in 1815."
     assert no_own["messages"][1]["content"] == "Ada Lovelace was born in 1815." and not no_own["meta"]["own_answer"]
     assert idk_training_set([finished], own_answers=False)[0]["messages"][1]["content"] == "Ada Lovelace was born in 1815."
+
+
+def test_known_answers_prefer_the_long_greedy_reply():
+    qa = {"question": "In what year was Ada Lovelace born?", "answer": "1815", "kind": "year", "title": "Ada Lovelace",
+          "source_id": "w/ada"}
+    sampled = {**qa, "replies": ["She was born in 1815."], "correct": [True], "n_correct": 1, "samples": 1}
+    whole = {**sampled, "greedy_reply": "Ada Lovelace was born in 1815. She wrote the first program.",
+             "greedy_correct": True, "greedy_finished": True}
+    unfinished = {**whole, "greedy_reply": "Ada Lovelace was born in 1815. She wrote the first program. Her fa",
+                  "greedy_finished": False}
+    wrong = {**whole, "greedy_reply": "Ada Lovelace was born in 1820.", "greedy_correct": False}
+    got = idk_training_set([whole, unfinished, wrong, {**qa, "replies": ["1815 or so"], "correct": [True],
+                                                       "n_correct": 1, "samples": 1}], seed=0)
+    assert [c["messages"][1]["content"] for c in got[:3]] == [
+        "Ada Lovelace was born in 1815. She wrote the first program.",
+        "Ada Lovelace was born in 1815. She wrote the first program.",  # cut after its last full sentence
+        "She was born in 1815."]  # a wrong greedy reply falls back to the right sampled one
+    assert [c["meta"]["answer_from"] for c in got] == ["greedy", "greedy", "sample", "template"]
 
 
 def test_idk_smollm2_experiment_config_loads():

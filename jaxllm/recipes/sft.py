@@ -44,6 +44,9 @@ class IDKConfig:
     eval_questions: int = 100  # held-out corpus questions (their documents are never probed or trained)
     eval_people: int = 80  # held-out invented people (hallucination rate)
     max_new_tokens: int = 48
+    # >0: each known question is also answered greedily with up to this many tokens, and that reply (whole
+    # or cut after a full sentence) is the trained answer; 0 = the probe's right sampled reply (see own_answer)
+    answer_max_new_tokens: int = 0
     batch_size: int = 32  # generation batch
     judge: str = ""  # "" = string/number match; a pretrained model name (e.g. smollm2-135m-instruct) adds a model judge
     replay_weight: float = 0.3  # the main SFT mixture mixed back in at this weight (0 = refusal/answer data only)
@@ -180,6 +183,28 @@ def _summary(check: dict) -> dict:
     return {k: check[k] for k in ("hallucination", "qa_accuracy", "qa_refusal")}
 
 
+def _add_greedy_answers(model, cfg: IDKConfig, probed: list[dict], judge_fn=None) -> int:
+    """Give each known probed question its long greedy reply ("greedy_reply", "greedy_correct",
+    "greedy_finished": generation ended before the token limit), for own_answer; returns how many were added
+    (0 when probe.json already had them for this limit)."""
+    from jaxllm.data.generators.knowledge import judge, probe_label
+    from jaxllm.eval.behaviour import asker
+
+    limit = cfg.answer_max_new_tokens
+    todo = [p for p in probed if probe_label(p["n_correct"], p["samples"], cfg.known_min) == "known"
+            and p.get("greedy_max_new_tokens") != limit]
+    if not todo:
+        return 0
+    print(f"[jaxllm] idk: the {len(todo)} known questions answered greedily (up to {limit} tokens) for the "
+          "trained answers", flush=True)
+    replies = asker(model, temperature=0.0, max_new_tokens=limit, batch_size=cfg.batch_size)(
+        [p["question"] for p in todo], cfg.seed)
+    for p, reply in zip(todo, replies):
+        p.update(greedy_reply=reply, greedy_correct=bool((judge_fn or judge)(reply, p)),
+                 greedy_finished=len(model.encode(reply)) < limit - 2, greedy_max_new_tokens=limit)
+    return len(todo)
+
+
 def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, replay_files: tuple[str, ...] = (),
                         documents: list[dict] | None = None, judge_fn=None, side_checks: dict | None = None) -> dict:
     """The Llama 3 factuality recipe on one model (a jaxllm.eval.model.EvalModel; cfg.data.template must be
@@ -219,6 +244,8 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
         if jax.process_index() == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
+    if cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn) and jax.process_index() == 0:
+        cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
     convs = idk_training_set(probed, cfg.seed, cfg.known_min)
     labels = [c["meta"]["label"] for c in convs]
     log(f"{labels.count('known')} known, {labels.count('unknown')} missed every time; finetuning")
@@ -267,7 +294,10 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
                   "examples": [{"question": p["question"], "answer": p["answer"], "replies": [r[:120] for r in p["replies"]],
                                 "n_correct": p["n_correct"]} for p in sorted(probed, key=lambda p: -p["n_correct"])[:3]]},
         "train": {"conversations": len(convs), "answers": labels.count("known"), "refusals": labels.count("unknown"),
-                  "known_weight": cfg.known_weight, "replay_files": [Path(f).name for f in replay_files if f in files],
+                  "known_weight": cfg.known_weight, "answer_max_new_tokens": cfg.answer_max_new_tokens,
+                  "answers_from": {src: sum(c["meta"].get("answer_from") == src for c in convs)
+                                   for src in ("greedy", "sample", "template")},
+                  "replay_files": [Path(f).name for f in replay_files if f in files],
                   "replay_weight": cfg.replay_weight,
                   "steps": run["steps"], "train_seconds": run["train_seconds"], "val_loss": run["val_loss"],
                   "data": run["data"]},

@@ -203,20 +203,37 @@ def probe_label(n_correct: int, samples: int, known_min: int = 1) -> str:
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"]{2})[.!?](?=\s|$)")
 
 
+def _cut_to_right_sentence(reply: str, qa: dict, max_chars: int) -> Optional[str]:
+    """`reply` (its first max_chars) cut after its last full sentence that `judge` still finds right."""
+    for end in reversed(list(_SENTENCE_END.finditer(reply[:max_chars]))):
+        if judge(reply[:end.end()], qa):
+            return reply[:end.end()]
+    return None
+
+
 def own_answer(probed: dict, max_chars: int = 300) -> Optional[str]:
-    """The model's own first right reply to a probed question (so training on it keeps the model's voice):
-    whole when it is a finished sentence, else cut after its last full sentence that the judge still finds
-    right (a reply cut off by max_new_tokens); None when there is no such reply. Without this nearly every
-    known answer became a short template sentence, and the finetuned model learned to answer tersely."""
+    """The model's own right reply to a probed question (so training on it keeps the model's voice).
+
+    First its long greedy reply when the probe made one ("greedy_reply", judged right): whole when
+    generation ended by itself ("greedy_finished"), else cut after its last full sentence still judged
+    right. It is what greedy decoding says, so training on it changes least, and it ends far past the
+    evaluation's reply window, so the model does not learn to stop early. Else the first right sampled
+    reply: whole when it is a finished sentence, else cut the same way (these replies stop at the
+    probe's max_new_tokens, which taught the model terse answers). None when there is no such reply."""
+    greedy = probed.get("greedy_reply", "").strip()
+    if greedy and probed.get("greedy_correct"):
+        cut = greedy if probed.get("greedy_finished") else _cut_to_right_sentence(greedy, probed, len(greedy))
+        if cut:
+            return cut
     for reply, ok in zip(probed.get("replies", ()), probed.get("correct", ())):
         reply = reply.strip()
         if not ok:
             continue
         if len(reply) <= max_chars and reply[-1:] in ".!)\"":
             return reply
-        for end in reversed(list(_SENTENCE_END.finditer(reply[:max_chars]))):
-            if judge(reply[:end.end()], probed):
-                return reply[:end.end()]
+        cut = _cut_to_right_sentence(reply, probed, max_chars)
+        if cut:
+            return cut
     return None
 
 
@@ -234,6 +251,9 @@ def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_
         own = own_answer(p) if own_answers and label == "known" else None
         if own:
             conv["messages"][-1]["content"] = own
+        if label == "known":  # which reply the answer is: the long greedy one, a sampled one, or the template
+            greedy = p.get("greedy_reply", "").strip() if p.get("greedy_correct") else ""
+            conv["meta"]["answer_from"] = "template" if not own else "greedy" if greedy.startswith(own) else "sample"
         conv["meta"].update(label=label, n_correct=p["n_correct"], samples=p["samples"], own_answer=own is not None)
         out.append(conv)
     return out
