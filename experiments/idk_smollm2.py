@@ -10,9 +10,11 @@ facts, unlike the speedrun's tiny model. The stage (jaxllm.recipes.sft:idk_pretr
      held-out ones from other documents (never probed or trained) plus questions about invented people;
   2. before: one greedy answer per held-out question;
   3. probe: each train question asked `samples`=3 times at temperature 0.7, judged by string/number
-     match; every-time misses → varied refusals, known ones → the model's own right answer;
-  4. a short full-parameter SFT on those conversations (answers at weight 2 against the refusals,
-     batch 8 x 128 tokens, lr 1e-5, 30 steps);
+     match; every-time misses of year and location questions → varied refusals (`refusal_kinds`), known
+     ones → the model's own right answer: its greedy reply of up to 96 tokens when that is judged right
+     (`answer_max_new_tokens`), else a right sampled one;
+  4. a short full-parameter SFT on those conversations (answers and refusals at weight 1,
+     batch 8 x 160 tokens, lr 1e-5, 30 steps);
   5. after: the same greedy answers again. Reported with n and 95% Wilson intervals: hallucination on
      invented people, accuracy on held-out questions it knew before (must not drop > 5 points), refusals.
 The held-out check and the probe are saved in idk/probe.json and reused by a rerun of the same model
@@ -21,7 +23,8 @@ and questions, so trying other SFT settings costs only the SFT and the "after" c
 Run time (2 CPU cores shared with 3-4 other jobs, under `nice`): the first run took 28 minutes
 (held-out check ~5 min, probe of 450 sampled answers ~7 min, 40 SFT steps at ~22 s/step 14.5 min,
 "after" check ~5 min); the second, reusing probe.json, 17 minutes. On an idle machine expect roughly
-half. CI does not run it (tests/test_sft_idk.py only checks that the config loads).
+half: on an idle machine (December 2026) the first run took 14 minutes, a rerun reusing probe.json 6.
+CI does not run it (tests/test_sft_idk.py only checks that the config loads).
 
 What we saw (seed 0): the probe found 49 of 150 questions known (right at least once in 3) and 101
 missed every time. Held-out, n = 60 invented people and 100 corpus questions (31 answered right before):
@@ -35,19 +38,35 @@ missed every time. Held-out, n = 60 invented people and 100 corpus questions (31
     lr 1e-5, 30 steps, answers x2 (B)        22% [13, 34]    39% [24, 56]              70% [58, 79]   (these defaults)
     lr 1e-5, 30 steps, answers x5 (B)        48% [36, 61]    65% [47, 79]              36% [26, 48]
     lr 1e-5, 30 steps, answers x10 (B)       85% [74, 92]    81% [64, 91]               3% [1, 10]
+    x2, (C), 96-token greedy answers         30% [20, 43]    45% [29, 62]              61% [49, 72]
+    x2, (C), refusals for years/places only  72% [59, 81]    90% [75, 97]              23% [15, 34]
+    x1, (C), refusals for years/places only  55% [42, 67]    90% [75, 97]              25% [16, 36]   (these defaults)
 (A) the trained answer was the model's own right reply only when it had finished its sentence within
 max_new_tokens (5 of 49), else the short template sentence; (B) the own reply cut after its last full
-sentence that is still judged right (`own_answer`, now the rule).
+sentence that is still judged right (`own_answer`); (C) the model's greedy reply of up to 96 tokens when
+it is judged right (38 of the 49 answers), whole or cut after a full sentence far past the 40-token evaluation window.
 
-Hallucinations about people who do not exist fall from all to about a fifth, but the 135M model
-cannot tell well what it knows. Two causes of the known-question drop, counted on the 31 questions:
-refusals (x2 with (B): 17 of the 19 lost; x5 with (B): 6 of 11) and right-but-shorter answers that
-the string judge no longer accepts ("Cartilage is a connective tissue found in the human body."
-against "a resilient and smooth type of connective tissue"): at x10 all 6 losses were of this kind
-(none refusals), and after 10 steps at x5 all 11. Weighting the answers up trades hallucination for
-kept knowledge along one curve; no setting here passes the 5-point rule. More and more balanced data
-(Llama 3 mixes refusals into a large general SFT set), a model judge for the known side, a stricter
-"known" (known_min=2) or a larger model are the next things to try.
+(C) alone did not help: of the 17 known questions lost, 15 were refusals. The cause is the judge on
+the probe side: most probe questions are definitions ("What is X?", 118 of 150), and the string judge
+rejects right definitions worded unlike Wikipedia ("a class of medications used to treat anxiety" for
+benzodiazepines, three times), so 76 definitions were "missed every time" and trained as refusals,
+teaching the model to refuse what it knows. Refusing only where the judge is reliable (years: a number;
+places) leaves 25 refusals (21 years, 4 places) against 49 answers: the known-question accuracy stays at
+28 of 31, and 2 of the 3 lost are right answers the string judge rejects ("Theft is a crime that involves
+the taking of property without permission"; "Toni Morrison was an American author"), 1 a refusal (the
+year of Hemingway's death); 5 questions missed before are right after. Hallucination about invented
+people falls to 55%: the year and place refusals carry over to "When was X born?", "What did X invent?"
+and "Which country ...?" (all 24 refused), hardly to "Who was X?" or "Tell me about X" (3 of 36).
+The 9.7-point drop is 3 questions of 31, so the 5-point rule allows at most 1.
+
+Earlier settings, which refused every kind of missed question: the hallucinations fell to about a
+fifth, but refusals (x2 with (B): 17 of the 19 lost; x5 with (B): 6 of 11) and right-but-shorter answers
+the string judge no longer accepts ("Cartilage is a connective tissue found in the human body." against
+"a resilient and smooth type of connective tissue"; at x10 all 6 losses) cost known answers; weighting
+the answers up traded one for the other along a single curve. No setting here passes the 5-point rule
+yet. Next: a judge that accepts right definitions (so they can be refused when really missed, and the
+known side is not undercounted), more held-out questions (31 known ones are coarse), replaying a
+general SFT mixture (Llama 3 mixes refusals into a large one), or a larger model.
 """
 import dataclasses
 
@@ -59,10 +78,11 @@ from jaxllm.train.step import TrainConfig
 
 CPU = IDKConfig(
     enabled=True, init="smollm2-135m-instruct", source="wikipedia-summaries",
-    probe_questions=150, samples=3, temperature=0.7, known_min=1, known_weight=2.0,
-    eval_questions=100, eval_people=60, max_new_tokens=40, batch_size=32,
+    probe_questions=150, samples=3, temperature=0.7, known_min=1, known_weight=1.0,
+    eval_questions=100, eval_people=60, max_new_tokens=40, answer_max_new_tokens=96, batch_size=32,
+    refusal_kinds=("year", "location"),  # the string judge misses right definitions: no refusals there
     replay_weight=0.0,  # no other SFT mixture here: the data are the probe's answers and refusals
-    data=SFTDataConfig(template="smollm2", seq_len=128, batch_size=8, packing="pack", val_fraction=0.05),
+    data=SFTDataConfig(template="smollm2", seq_len=160, batch_size=8, packing="pack", val_fraction=0.05),
     optim=OptimConfig(lr=1e-5, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0, grad_clip=1.0),
     train=TrainConfig(steps=30, eval_every=15, eval_batches=2, sample_every=0, checkpoint_every=15, log_every=5),
 )

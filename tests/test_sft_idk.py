@@ -88,6 +88,13 @@ def test_probing_labels_known_and_unknown_and_builds_refusals_only_for_always_mi
     once = {qa["question"] for qa, k in zip(probe, kinds) if k == "once_right"}
     assert len(strict) == 9 and not once & {c["messages"][0]["content"] for c in strict}
     assert [probe_label(k, 3, 2) for k in (0, 1, 2, 3)] == ["unknown", "unsure", "known", "known"]
+    # refusals only for some question kinds: the other misses are left out, the known answers all stay
+    kind_of = {qa["question"]: qa["kind"] for qa in probe}
+    only = sorted({qa["kind"] for qa in probe})[:1]
+    some = idk_training_set(probed, seed=0, refusal_kinds=tuple(only))
+    assert len(some) < len(convs)  # the probe has misses of other kinds
+    assert {c["meta"]["label"] for c in some if kind_of[c["messages"][0]["content"]] not in only} <= {"known"}
+    assert sum(c["meta"]["label"] == "known" for c in some) == sum(c["meta"]["label"] == "known" for c in convs)
     with pytest.raises(ValueError):
         probe_label(4, 3)
 

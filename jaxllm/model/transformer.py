@@ -76,8 +76,12 @@ _cpu_head_matmul.defvjp(_cpu_head_matmul_fwd, _cpu_head_matmul_bwd)
 
 def head_matmul(x: Array, w: Array, dt) -> Array:
     """The output projection x [tokens, embed] @ w [embed, vocab] → float32 logits [tokens, vocab]; in float32
-    on CPU through a custom gradient that made the whole train step 1.07x (d_model 256) to 1.12x (128) faster."""
-    if jnp.dtype(dt) == x.dtype == w.dtype == jnp.float32 and jax.default_backend() == "cpu":
+    on CPU through a custom gradient that made the whole train step 1.07x (d_model 256) to 1.12x (128) faster
+    at vocab 8192. Only for vocabularies of 1024 and more, where the head is a large part of the step: the
+    other summation order flipped the toy RLHF run (vocab 44, tests/test_rlhf_pipeline.py) into hacking its
+    reward model from step 0."""
+    if (jnp.dtype(dt) == x.dtype == w.dtype == jnp.float32 and w.shape[-1] >= 1024
+            and jax.default_backend() == "cpu"):
         return _cpu_head_matmul(x, w)
     return matmul(x, w, dt, jnp.float32)
 

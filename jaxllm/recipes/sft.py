@@ -47,6 +47,10 @@ class IDKConfig:
     # >0: each known question is also answered greedily with up to this many tokens, and that reply (whole
     # or cut after a full sentence) is the trained answer; 0 = the probe's right sampled reply (see own_answer)
     answer_max_new_tokens: int = 0
+    # question kinds ("year", "location", "definition") whose every-time misses become refusals; () = all.
+    # The string judge misses right definitions ("a class of medications used to treat anxiety" for
+    # benzodiazepines), so refusing there teaches the model to refuse things it knows.
+    refusal_kinds: tuple[str, ...] = ()
     batch_size: int = 32  # generation batch
     judge: str = ""  # "" = string/number match; a pretrained model name (e.g. smollm2-135m-instruct) adds a model judge
     replay_weight: float = 0.3  # the main SFT mixture mixed back in at this weight (0 = refusal/answer data only)
@@ -246,7 +250,7 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
             cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
     if cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn) and jax.process_index() == 0:
         cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
-    convs = idk_training_set(probed, cfg.seed, cfg.known_min)
+    convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds)
     labels = [c["meta"]["label"] for c in convs]
     log(f"{labels.count('known')} known, {labels.count('unknown')} missed every time; finetuning")
     if not convs:
@@ -290,6 +294,7 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
                       "disjoint": True},
         "probe": {"samples": cfg.samples, "temperature": cfg.temperature, "known_min": cfg.known_min,
                   "known": labels.count("known"), "unknown": labels.count("unknown"), "unsure": n_unsure,
+                  "refusal_kinds": list(cfg.refusal_kinds) or "all",
                   "known_rate": proportion(labels.count("known"), len(probed)),
                   "examples": [{"question": p["question"], "answer": p["answer"], "replies": [r[:120] for r in p["replies"]],
                                 "n_correct": p["n_correct"]} for p in sorted(probed, key=lambda p: -p["n_correct"])[:3]]},
@@ -447,8 +452,12 @@ def idk_report(r: dict) -> str:
     lines = ["### Knowledge probing → \"I don't know\"", "",
              f"Probed the {r['model']} model on {p['known'] + p['unknown'] + p['unsure']} train-split questions from "
              f"{r['source']}, {p['samples']} samples each at temperature {p['temperature']}, judged by {r['judge']}: "
-             f"{p['known']} known, {p['unknown']} missed every time, {p['unsure']} unsure (not trained). "
+             f"{p['known']} known, {p['unknown']} missed every time"
+             + (f" (refused only for {', '.join(p['refusal_kinds'])} questions)" if p.get("refusal_kinds", "all") != "all"
+                else "") + f", {p['unsure']} not trained (unsure, or missed of another kind). "
              f"SFT on {t['answers']} answers" + (f" (weight {t['known_weight']:g})" if t["known_weight"] != 1 else "")
+             + (" ({greedy} the model's long greedy reply, {sample} a sampled reply, {template} the template)".format(
+                 **t["answers_from"]) if t.get("answers_from") else "")
              + f" + {t['refusals']} refusals"
              + (f" + the main mixture at weight {t['replay_weight']}" if t["replay_files"] else "")
              + f", {t['steps']} steps. Measured greedily on held-out questions (documents never probed).", "",

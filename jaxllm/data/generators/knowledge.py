@@ -237,15 +237,16 @@ def own_answer(probed: dict, max_chars: int = 300) -> Optional[str]:
     return None
 
 
-def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_answers: bool = True) -> list[dict]:
+def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_answers: bool = True,
+                     refusal_kinds: tuple[str, ...] = ()) -> list[dict]:
     """Training conversations from probe results ({**qa, "n_correct", "samples"} per question): a refusal
-    for questions the model missed every time, the answer for ones it knows (its own right reply when
+    for questions the model missed every time (of `refusal_kinds` only, when given), the answer for ones it knows (its own right reply when
     `own_answers` and one is a finished sentence, else the template answer), nothing for "unsure"."""
     rng = rng_for("idk-probe", seed, "train")
     out = []
     for p in probed:
         label = probe_label(p["n_correct"], p["samples"], known_min)
-        if label == "unsure":
+        if label == "unsure" or (label == "unknown" and refusal_kinds and p.get("kind") not in refusal_kinds):
             continue
         conv = idk_conversation(p, label == "known", rng)
         own = own_answer(p) if own_answers and label == "known" else None
