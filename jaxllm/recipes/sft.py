@@ -233,8 +233,9 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
         print(f"[jaxllm] idk ({time.time() - t0:.0f} s): {msg}", flush=True)
     key = _probe_key(model, cfg, probe_qas, heldout, people)
     cache = out_dir / "probe.json"  # generation is the slow part: a rerun (resume, other SFT settings) reuses it
-    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-        saved = json.loads(cache.read_text())
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
+    fresh = saved.get("key") != key
+    if not fresh:
         before, probed = saved["before"], saved["probed"]
         log(f"reusing the held-out check and probe in {cache}")
     else:
@@ -245,10 +246,9 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
         sampled = asker(model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                         batch_size=cfg.batch_size)
         probed = probe_knowledge(sampled, probe_qas, cfg.samples, cfg.seed, judge_fn)
-        if jax.process_index() == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
-    if cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn) and jax.process_index() == 0:
+    added = cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn)
+    if (fresh or added) and jax.process_index() == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
     convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds)
     labels = [c["meta"]["label"] for c in convs]

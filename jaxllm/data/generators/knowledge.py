@@ -211,37 +211,39 @@ def _cut_to_right_sentence(reply: str, qa: dict, max_chars: int) -> Optional[str
     return None
 
 
-def own_answer(probed: dict, max_chars: int = 300) -> Optional[str]:
-    """The model's own right reply to a probed question (so training on it keeps the model's voice).
+def own_answer(probed: dict, max_chars: int = 300) -> Optional[tuple[str, str]]:
+    """The model's own right reply to a probed question (so training on it keeps the model's voice), with
+    where it came from: (reply, "greedy" | "sample"), or None when there is no such reply.
 
     First its long greedy reply when the probe made one ("greedy_reply", judged right): whole when
     generation ended by itself ("greedy_finished"), else cut after its last full sentence still judged
     right. It is what greedy decoding says, so training on it changes least, and it ends far past the
     evaluation's reply window, so the model does not learn to stop early. Else the first right sampled
     reply: whole when it is a finished sentence, else cut the same way (these replies stop at the
-    probe's max_new_tokens, which taught the model terse answers). None when there is no such reply."""
+    probe's max_new_tokens, which taught the model terse answers)."""
     greedy = probed.get("greedy_reply", "").strip()
     if greedy and probed.get("greedy_correct"):
         cut = greedy if probed.get("greedy_finished") else _cut_to_right_sentence(greedy, probed, len(greedy))
         if cut:
-            return cut
+            return cut, "greedy"
     for reply, ok in zip(probed.get("replies", ()), probed.get("correct", ())):
         reply = reply.strip()
         if not ok:
             continue
         if len(reply) <= max_chars and reply[-1:] in ".!)\"":
-            return reply
+            return reply, "sample"
         cut = _cut_to_right_sentence(reply, probed, max_chars)
         if cut:
-            return cut
+            return cut, "sample"
     return None
 
 
 def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_answers: bool = True,
                      refusal_kinds: tuple[str, ...] = ()) -> list[dict]:
     """Training conversations from probe results ({**qa, "n_correct", "samples"} per question): a refusal
-    for questions the model missed every time (of `refusal_kinds` only, when given), the answer for ones it knows (its own right reply when
-    `own_answers` and one is a finished sentence, else the template answer), nothing for "unsure"."""
+    for questions the model missed every time (of `refusal_kinds` only, when given), the answer for ones
+    it knows (its own right reply when `own_answers` and there is one, else the template answer; meta
+    "answer_from" says which), nothing for "unsure"."""
     rng = rng_for("idk-probe", seed, "train")
     out = []
     for p in probed:
@@ -251,10 +253,9 @@ def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_
         conv = idk_conversation(p, label == "known", rng)
         own = own_answer(p) if own_answers and label == "known" else None
         if own:
-            conv["messages"][-1]["content"] = own
-        if label == "known":  # which reply the answer is: the long greedy one, a sampled one, or the template
-            greedy = p.get("greedy_reply", "").strip() if p.get("greedy_correct") else ""
-            conv["meta"]["answer_from"] = "template" if not own else "greedy" if greedy.startswith(own) else "sample"
+            conv["messages"][-1]["content"] = own[0]
+        if label == "known":
+            conv["meta"]["answer_from"] = own[1] if own else "template"
         conv["meta"].update(label=label, n_correct=p["n_correct"], samples=p["samples"], own_answer=own is not None)
         out.append(conv)
     return out
