@@ -26,7 +26,7 @@ Run time (2 CPU cores shared with 3-4 other jobs, under `nice`): the first run t
 half: on an idle machine (December 2026) the first run took 14 minutes, a rerun reusing probe.json 6.
 CI does not run it (tests/test_sft_idk.py only checks that the config loads).
 
-What we saw (seed 0): the probe found 49 of 150 questions known (right at least once in 3) and 101
+What we saw with the first string judge (seed 0; the judge has changed since, see below): the probe found 49 of 150 questions known (right at least once in 3) and 101
 missed every time. Held-out, n = 60 invented people and 100 corpus questions (31 answered right before):
 
     setting                                 hallucination   known-question accuracy   refusals of questions missed before
@@ -64,9 +64,33 @@ fifth, but refusals (x2 with (B): 17 of the 19 lost; x5 with (B): 6 of 11) and r
 the string judge no longer accepts ("Cartilage is a connective tissue found in the human body." against
 "a resilient and smooth type of connective tissue"; at x10 all 6 losses) cost known answers; weighting
 the answers up traded one for the other along a single curve. No setting here passes the 5-point rule
-yet. Next: a judge that accepts right definitions (so they can be refused when really missed, and the
-known side is not undercounted), more held-out questions (31 known ones are coarse), replaying a
-general SFT mixture (Llama 3 mixes refusals into a large one), or a larger model.
+yet.
+
+The judge now reads definitions against their source sentence (knowledge.judge, version 2): a head noun
+in common ("a Hungarian physician and scientist" / "a Hungarian medical doctor and scientist") or two
+content words. On 119 hand-labelled replies (tests/data/idk_definition_judgements.jsonl) it agrees on
+100 (the first judge: 80), and it misses 12 of the 78 right ones (the first judge: 35). With it, 88 of the 150 probe
+questions are known and 52 of the 100 held-out ones were answered right before (was 31). The same runs'
+replies judged again by it, and new runs (probe.json reused, judged again; n = 60 people, 52 known; the
+second and fourth runs trained on labels from drafts of the rule that differ on 2 and 1 of the 150 probe questions):
+
+    setting                                         hallucination   known-question accuracy   refusals of missed
+    first-judge labels, x1, years/places (above)     55% [42, 67]    87% (45/52), 13.5 points   35%
+    x1, refusals for years/places only (defaults)    70% [57, 80]    87% (45/52), 13.5 points   33%
+    x1, refusals for every kind                      40% [29, 53]    67% (35/52), 32.7 points   62%
+    x0.5, years/places                               55% [42, 67]    77% (40/52), 23.1 points   38%
+    known_min=2 (right in 2 of 3), years/places      55% [42, 67]    81% (42/52), 19.2 points   35%
+
+Read by hand, most of the remaining "lost" answers are not lost. In the known_min=2 run, 10 of the 52 were
+lost. Only 3 are real: a refusal (the year Hemingway died), a wrong state for Delhi, and a made-up
+"Fashioning" for forging. Another 3 are right answers worded so that the judge misses them ("a branch of
+theoretical physics"; "a medical procedure that involves collecting blood ... to analyze"; "an American
+author"). The last 3 or 4 the judge had wrongly called right before ("A word is a word ...", a duel as "a
+martial arts combat sport", vapor as "a liquid"). Each judge error counts against the rule only in one
+direction: a question can be lost only if it was judged right before. So a judge that errs on 15% of
+definitions adds several points of "drop" even to a model whose answers did not get worse. The 5-point rule is still not met as
+measured. Next: a model judge stronger than the 135M model, replaying a general SFT mixture, or a larger
+model.
 """
 import dataclasses
 

@@ -6,14 +6,15 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jaxllm.data.chat import ConversationError, read_jsonl, validate
 from jaxllm.data.generators import generate, generator_names
 from jaxllm.data.generators.arithmetic import extract_answer, make_problems, solution, solve
-from jaxllm.data.generators.knowledge import (idk_conversation, invented_people, is_refusal, judge, qa_from_document,
-                                              qa_pairs)
+from jaxllm.data.generators.knowledge import (definition_heads, idk_conversation, invented_people, is_refusal, judge,
+                                              qa_from_document, qa_pairs)
 from jaxllm.data.generators.tool_use import first_sentence, format_search_results, search_generate
 from jaxllm.data.sources import DataError
 
@@ -123,6 +124,27 @@ def test_search_traces_and_first_sentence():
     assert not test_docs & {c["meta"]["doc"] for c in search_generate(40, seed=1, documents=DOCS)}
 
 
+def test_definition_judge_agrees_with_hand_labels():
+    """tests/data/idk_definition_judgements.jsonl: SmolLM2-135M's replies to held-out definition questions
+    ("design", the set the judge was built on) and probe questions ("check", labelled after it was built),
+    each labelled right/wrong by hand: right when the reply's first sentence says what the thing is. The
+    old rule (half of the truncated reference's words) agreed on 54/79 and 26/40 and called only 28 and 19
+    right where 53 and 25 are."""
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "idk_definition_judgements.jsonl").open()]
+    for part, min_agree in (("design", 0.8), ("check", 0.8)):
+        got = [(r["right"], judge(r["reply"], r)) for r in rows if r["set"] == part]
+        assert sum(h == j for h, j in got) >= min_agree * len(got), part
+        assert sum(j and not h for h, j in got) <= 0.1 * len(got), part  # few wrong replies let through
+    by_q = {r["question"]: r for r in rows}
+    semmelweis, eddy = by_q["Who was Ignaz Semmelweis?"], by_q["Who was Mary Baker Eddy?"]
+    assert judge("Ignaz Semmelweis was a Hungarian physician and scientist.", semmelweis)  # the head noun
+    assert not judge("Ignaz Semmelweis was a Hungarian footballer.", semmelweis)  # one shared word is not enough
+    assert judge("Mary Baker Eddy was a religious leader and author in America.", eddy)
+    assert not judge(eddy["reply"], eddy) and not judge("I don't know who Mary Baker Eddy was.", eddy)
+    assert definition_heads("Yves Saint Laurent was a French artist and designer born in 1922.") == {"artis", "desig"}
+    assert definition_heads("Pinball games are a family of games in which a ball ...") == {"game"}
+
+
 def test_knowledge_qa_judge_and_refusals():
     qa = {q["kind"]: q for q in qa_from_document(DOCS[0])[::-1]}  # the first of each kind
     assert qa["year"]["question"] == "In what year was Albert Einstein born?" and qa["year"]["answer"] == "1879"
@@ -134,6 +156,7 @@ def test_knowledge_qa_judge_and_refusals():
     assert judge("He was born in 1879 in Ulm.", qa["year"]) and not judge("Born in 1897.", qa["year"])
     assert judge("Einstein was a theoretical physicist from Germany, known for relativity theory.", qa["definition"])
     assert not judge("I don't know who that is, sorry.", qa["definition"])
+    assert not judge("Einstein was a Swiss watchmaker famous for his clocks.", qa["definition"])
     assert is_refusal("I'm not sure about that.") and not is_refusal("He was a physicist.")
     pairs = qa_pairs(None, seed=0, documents=DOCS)
     held = qa_pairs(None, seed=0, split="test", documents=DOCS)

@@ -8,7 +8,8 @@ import pytest
 
 from jaxllm.data.generators.knowledge import (idk_training_set, is_refusal, judge, probe_label, qa_from_document,
                                               refusal_text)
-from jaxllm.eval.behaviour import knowledge_change, knowledge_check, probe_knowledge, proportion
+from jaxllm.eval.behaviour import (knowledge_change, knowledge_check, probe_knowledge, proportion, rejudge_check,
+                                   rejudge_probe)
 from jaxllm.recipes.sft import IDKConfig, ThinkConfig, idk_questions, think_problems
 
 PEOPLE = ("Albert Einstein", "Marie Curie", "Ada Lovelace", "Isaac Newton")
@@ -134,6 +135,17 @@ def test_knowledge_check_and_change_measure_hallucination_and_known_accuracy(que
     assert change["known_drop_points"] == 25.0 and change["within_max_drop"] is False
     assert change["missed_refusal_before"]["k"] == 0 and change["missed_refusal_after"] == proportion(6, 6)
     assert change["known_refusal_after"]["k"] == 1
+    # a changed judge re-judges the saved replies, with no generation; the same judge changes nothing
+    assert rejudge_check(b, heldout) == b
+    strict = rejudge_check(b, heldout, judge_fn=lambda reply, qa: qa in known[:1])
+    assert strict["qa_accuracy"]["k"] == 1 and strict["hallucination"] == b["hallucination"]
+    assert [r["reply"] for r in strict["qa"]] == [r["reply"] for r in b["qa"]]
+    with pytest.raises(ValueError, match="not the ones"):
+        rejudge_check(b, heldout[::-1])
+    probed = probe_knowledge(before, known, samples=2)
+    assert rejudge_probe(probed) == probed and [p["n_correct"] for p in probed] == [2, 2, 2, 2]
+    greedy = [{**p, "greedy_reply": "It is a river in France."} for p in probed]
+    assert [(p["n_correct"], p["greedy_correct"]) for p in rejudge_probe(greedy)] == [(2, False)] * 4
     # refusing everything removes hallucinations but fails the known-accuracy rule
     refuse_all = Scripted({q: ["I don't know."] for q in [x["question"] for x in heldout] + [p["question"] for p in people]})
     c = knowledge_change(b, knowledge_check(refuse_all, heldout, people))

@@ -131,17 +131,23 @@ def probe_knowledge(answer: AskFn, qas: Sequence[dict], samples: int = 3, seed: 
 
     Returns one dict per question: the qa fields plus "replies", "correct" (one flag per reply),
     "n_correct" and "samples"; jaxllm.data.generators.knowledge.probe_label turns them into labels."""
-    from jaxllm.data.generators.knowledge import judge
-
-    judge_fn = judge_fn or judge
     replies = answer([qa["question"] for qa in qas for _ in range(samples)], seed)
     if len(replies) != samples * len(qas):
         raise ValueError(f"probe_knowledge: asked {samples * len(qas)} questions, got {len(replies)} replies")
+    return rejudge_probe([{**qa, "replies": list(replies[i * samples:(i + 1) * samples]), "samples": samples}
+                          for i, qa in enumerate(qas)], judge_fn)
+
+
+def rejudge_probe(probed: Sequence[dict], judge_fn: Optional[JudgeFn] = None) -> list[dict]:
+    """Probe results (their replies, and a "greedy_reply" when there is one) judged again: no generation."""
+    from jaxllm.data.generators.knowledge import judge
+
+    judge_fn = judge_fn or judge
     out = []
-    for i, qa in enumerate(qas):
-        got = list(replies[i * samples:(i + 1) * samples])
-        ok = [bool(judge_fn(r, qa)) for r in got]
-        out.append({**qa, "replies": got, "correct": ok, "n_correct": sum(ok), "samples": samples})
+    for p in probed:
+        ok = [bool(judge_fn(r, p)) for r in p["replies"]]
+        greedy = {"greedy_correct": bool(judge_fn(p["greedy_reply"], p))} if "greedy_reply" in p else {}
+        out.append({**p, "correct": ok, "n_correct": sum(ok), **greedy})
     return out
 
 
@@ -149,14 +155,25 @@ def knowledge_check(answer: AskFn, qas: Sequence[dict], people: Sequence[dict], 
                     judge_fn: Optional[JudgeFn] = None) -> dict:
     """One (greedy) reply per held-out question: corpus QA judged right/wrong/refused, and invented people
     (any non-refusal is a hallucination). Rates come with n and a 95% interval."""
+    from jaxllm.data.generators.knowledge import is_refusal
+
+    replies = answer([q["question"] for q in qas] + [p["question"] for p in people], seed)
+    qa_rows = [{"question": q["question"], "answer": q["answer"], "reply": r} for q, r in zip(qas, replies)]
+    people_rows = [{"question": p["question"], "reply": r, "refused": is_refusal(r)}
+                   for p, r in zip(people, replies[len(qas):])]
+    return rejudge_check({"qa": qa_rows, "people": people_rows}, qas, judge_fn)
+
+
+def rejudge_check(check: dict, qas: Sequence[dict], judge_fn: Optional[JudgeFn] = None) -> dict:
+    """A knowledge_check result (its replies) judged again, e.g. after the judge changed: no generation."""
     from jaxllm.data.generators.knowledge import is_refusal, judge
 
     judge_fn = judge_fn or judge
-    replies = answer([q["question"] for q in qas] + [p["question"] for p in people], seed)
-    qa_rows = [{"question": q["question"], "answer": q["answer"], "reply": r, "correct": bool(judge_fn(r, q)),
-                "refused": is_refusal(r)} for q, r in zip(qas, replies)]
-    people_rows = [{"question": p["question"], "reply": r, "refused": is_refusal(r)}
-                   for p, r in zip(people, replies[len(qas):])]
+    if [q["question"] for q in qas] != [r["question"] for r in check["qa"]]:
+        raise ValueError("rejudge_check: the questions are not the ones the check asked")
+    qa_rows = [{**r, "correct": bool(judge_fn(r["reply"], q)), "refused": is_refusal(r["reply"])}
+               for q, r in zip(qas, check["qa"])]
+    people_rows = check["people"]
     n_qa, n_people = len(qa_rows), len(people_rows)
     return {"hallucination": proportion(sum(not r["refused"] for r in people_rows), n_people),
             "qa_accuracy": proportion(sum(r["correct"] for r in qa_rows), n_qa),

@@ -221,8 +221,9 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
     import time
 
     from jaxllm.data.chat import write_jsonl
-    from jaxllm.data.generators.knowledge import idk_training_set
-    from jaxllm.eval.behaviour import asker, knowledge_change, knowledge_check, probe_knowledge, proportion
+    from jaxllm.data.generators.knowledge import JUDGE_VERSION, idk_training_set
+    from jaxllm.eval.behaviour import (asker, knowledge_change, knowledge_check, probe_knowledge, proportion,
+                                       rejudge_check, rejudge_probe)
 
     t0 = time.time()
     out_dir = Path(out_dir)
@@ -235,7 +236,12 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
     cache = out_dir / "probe.json"  # generation is the slow part: a rerun (resume, other SFT settings) reuses it
     saved = json.loads(cache.read_text()) if cache.exists() else {}
     fresh = saved.get("key") != key
-    if not fresh:
+    rejudged = not fresh and saved.get("judge_version") != JUDGE_VERSION
+    if rejudged:  # the string judge changed since: the same replies, judged again
+        log(f"reusing the replies in {cache}, judged again (string judge version {JUDGE_VERSION})")
+        before = rejudge_check(saved["before"], heldout, judge_fn)
+        probed = rejudge_probe(saved["probed"], judge_fn)
+    elif not fresh:
         before, probed = saved["before"], saved["probed"]
         log(f"reusing the held-out check and probe in {cache}")
     else:
@@ -247,9 +253,9 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
                         batch_size=cfg.batch_size)
         probed = probe_knowledge(sampled, probe_qas, cfg.samples, cfg.seed, judge_fn)
     added = cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn)
-    if (fresh or added) and jax.process_index() == 0:
+    if (fresh or rejudged or added) and jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "before": before, "probed": probed}))
+        cache.write_text(json.dumps({"key": key, "judge_version": JUDGE_VERSION, "before": before, "probed": probed}))
     convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds)
     labels = [c["meta"]["label"] for c in convs]
     log(f"{labels.count('known')} known, {labels.count('unknown')} missed every time; finetuning")

@@ -126,6 +126,10 @@ _REFUSAL = re.compile(r"\b(i don'?t know|i do not know|i'?m not sure|i am not su
                       r"(?:reliable )?information|never heard of)\b", re.IGNORECASE)
 
 
+# a sentence end: not after an initial or a title ("James C.", "Dr."), which need two lowercase letters or digits
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"]{2})[.!?](?=\s|$)")
+
+
 def is_refusal(text: str) -> bool:
     """Whether a reply declines to answer (the complement is a hallucination for invented people)."""
     return bool(_REFUSAL.search(text))
@@ -134,16 +138,76 @@ def is_refusal(text: str) -> bool:
 def _words(text: str) -> set[str]:
     """Content words, with a plural -s dropped (so "meal" matches "meals")."""
     words = (w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP)
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
+    return {_singular(w) for w in words}
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+
+
+def _stems(text: str) -> set[str]:
+    """Content words cut to 5 letters ("separate" and "separation", "India" and "Indian" meet), generic ones out."""
+    return {_singular(w)[:5] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP and w not in _GENERIC}
+
+
+_GENERIC = frozenset("also known called one most type kind part form used use often many various well including "
+                     "refers refer".split())
+# the copula that starts a definition, then its noun phrase up to the first comma, preposition or relative word
+_COPULA = re.compile(r"\b(?:is|was|are|were|refers to)\s+(?:(?:also|often|usually|generally|commonly)\s+)?", re.I)
+_NP_END = re.compile(r"[,;:.()]|\s(?:in|of|on|at|by|for|with|to|from|that|which|who|whose|where|when|known|used|"
+                     r"located|born|designed|found|based|made|developed|created|founded|consisting|comprising|"
+                     r"spoken|native|originating|originated|between|primarily|mainly|than|since|within|during|like|"
+                     r"such|over|under|about|into|as|against|near|around|across|along|through|among|after|before|"
+                     r"worn|eaten|written|played|produced|performed|given|held|built|named|situated|considered|"
+                     r"regarded|serving|containing|including|featuring|involving|having|being)\b", re.I)
+_CONTAINER = frozenset("type kind form family member group class branch part piece sort set variety collection genre "
+                       "one order category".split())
+
+
+def definition_heads(text: str) -> set[str]:
+    """Stems of the head nouns of the noun phrase after the first copula: "X was a French artist and designer
+    who ..." → {artis, desig}; through "a type/family/member of ..." to the noun after it."""
+    m = _COPULA.search(text)
+    rest, heads = (text[m.end():] if m else ""), set()
+    for _ in range(3):
+        end = _NP_END.search(rest)
+        phrase, after = (rest[:end.start()], rest[end.start():]) if end else (rest, "")
+        words = [re.findall(r"[A-Za-z0-9]+", part) for part in re.split(r"\s(?:and|or)\s", phrase)]
+        last = [w[-1].lower() for w in words if w]
+        if last and last[-1] in _CONTAINER and after.lstrip().lower().startswith("of "):
+            heads |= set(last[:-1])
+            rest = after.lstrip()[3:]
+            continue
+        heads |= set(last)
+        break
+    return {_singular(h)[:5] for h in heads if h not in STOP}
+
+
+def _first_sentence_of(reply: str) -> str:
+    end = _SENTENCE_END.search(reply)
+    return reply[:end.end()] if end else reply
+
+
+JUDGE_VERSION = 2  # bump when `judge` changes: saved probes (idk/probe.json) are judged again, not regenerated
 
 
 def judge(prediction: str, qa: dict, min_overlap: float = 0.5) -> bool:
-    """String/number match: a year must appear as a number; other answers need `min_overlap` of their
-    content words in the prediction. A refusal is never correct."""
+    """String/number match. A refusal is never correct. A year must appear as a number. A definition with
+    its source sentence (qa["context"]) is right when the reply's first sentence names the same kind of
+    thing (a head noun of the phrase after "is/was": "a Hungarian physician and scientist" against "a
+    Hungarian medical doctor and scientist") or shares two content words with that sentence besides the
+    subject's own words; Wikipedia's wording is one of many right ones, and the first sentence is where
+    a definition is. Other answers need `min_overlap` of their content words in the prediction."""
     if is_refusal(prediction):
         return False
     if qa["kind"] == "year":
         return qa["answer"] in re.findall(r"\d{3,4}", prediction)
+    if qa["kind"] == "definition" and qa.get("context"):
+        first = _first_sentence_of(prediction.strip())
+        subject = _stems(_clean(f"{qa.get('subject', '')} {qa.get('title', '')}"))  # "(designer)" is not the name
+        if definition_heads(first) & definition_heads(qa["context"]):
+            return True
+        return len((_stems(first) - subject) & (_stems(qa["context"]) - subject)) >= 2
     want = _words(qa["answer"])
     return bool(want) and len(want & _words(prediction)) / len(want) >= min_overlap
 
@@ -199,8 +263,6 @@ def probe_label(n_correct: int, samples: int, known_min: int = 1) -> str:
     return "known" if n_correct >= known_min else "unsure"
 
 
-# a sentence end: not after an initial or a title ("James C.", "Dr."), which need two lowercase letters or digits
-_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]\"]{2})[.!?](?=\s|$)")
 
 
 def _cut_to_right_sentence(reply: str, qa: dict, max_chars: int) -> Optional[str]:
