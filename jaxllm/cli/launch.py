@@ -129,7 +129,9 @@ def check_command(a) -> int:
     local = np.full((jax.local_device_count(),), jax.process_index() + 1, np.float32)
     x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
     total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
-    print(f"[check] {describe()}: total {float(total):g}", flush=True)
+    # one write with its newline: processes share the pipe, and unbuffered print writes the newline separately
+    sys.stdout.write(f"[check] {describe()}: total {float(total):g}\n")
+    sys.stdout.flush()
     return 0
 
 
