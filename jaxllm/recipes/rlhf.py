@@ -60,13 +60,13 @@ class RLHFConfig:
     rm_groups_per_step: int = 16
     rm_lr: float = 1e-3
     # GRPO against the reward model
-    rl_steps: int = 120
+    rl_steps: int = 160  # at 120 (eval_every 10) 2 of seeds 0-7 failed the hacking demo; at 160 and 5, none (9/12 of 0-11)
     prompts_per_step: int = 8
     group_size: int = 8  # prompts_per_step * group_size = 64 rows
     rl_lr: float = 1e-3
     kl_coef: float = 0.01
     clip_eps: float = 0.2
-    eval_every: int = 10
+    eval_every: int = 5  # every 10 missed the short window where RL helps before it hacks (seeds 4, 8)
     eval_prompts: int = 64
     patience: int = 3  # held-out checks without improvement before early stopping
     stop_early: bool = False  # False: keep going past the early-stop step to show what happens
