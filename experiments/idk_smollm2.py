@@ -104,7 +104,7 @@ CPU = IDKConfig(
     enabled=True, init="smollm2-135m-instruct", source="wikipedia-summaries",
     probe_questions=150, samples=3, temperature=0.7, known_min=1, known_weight=1.0,
     eval_questions=100, eval_people=60, max_new_tokens=40, answer_max_new_tokens=96, batch_size=32,
-    refusal_kinds=("year", "location"),  # the string judge misses right definitions: no refusals there
+    refusal_kinds=("year", "location"),  # refusing definitions too: 40% hallucination but a 32.7-point drop
     replay_weight=0.0,  # no other SFT mixture here: the data are the probe's answers and refusals
     data=SFTDataConfig(template="smollm2", seq_len=160, batch_size=8, packing="pack", val_fraction=0.05),
     optim=OptimConfig(lr=1e-5, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0, grad_clip=1.0),

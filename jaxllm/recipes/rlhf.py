@@ -66,7 +66,7 @@ class RLHFConfig:
     rl_lr: float = 1e-3
     kl_coef: float = 0.01
     clip_eps: float = 0.2
-    eval_every: int = 5  # every 10 missed the short window where RL helps before it hacks (seeds 4, 8)
+    eval_every: int = 5  # every 10 missed the short window where RL helps before it hacks (seed 4)
     eval_prompts: int = 64
     patience: int = 3  # held-out checks without improvement before early stopping
     stop_early: bool = False  # False: keep going past the early-stop step to show what happens

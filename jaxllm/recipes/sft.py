@@ -48,8 +48,7 @@ class IDKConfig:
     # or cut after a full sentence) is the trained answer; 0 = the probe's right sampled reply (see own_answer)
     answer_max_new_tokens: int = 0
     # question kinds ("year", "location", "definition") whose every-time misses become refusals; () = all.
-    # The string judge misses right definitions ("a class of medications used to treat anxiety" for
-    # benzodiazepines), so refusing there teaches the model to refuse things it knows.
+    # Refusing missed definitions taught SmolLM2 to refuse things it knows (experiments/idk_smollm2.py).
     refusal_kinds: tuple[str, ...] = ()
     batch_size: int = 32  # generation batch
     judge: str = ""  # "" = string/number match; a pretrained model name (e.g. smollm2-135m-instruct) adds a model judge

@@ -147,7 +147,7 @@ def _singular(word: str) -> str:
 
 def _stems(text: str) -> set[str]:
     """Content words cut to 5 letters ("separate" and "separation", "India" and "Indian" meet), generic ones out."""
-    return {_singular(w)[:5] for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOP and w not in _GENERIC}
+    return {w[:5] for w in _words(text) - _GENERIC}
 
 
 _GENERIC = frozenset("also known called one most type kind part form used use often many various well including "
@@ -261,8 +261,6 @@ def probe_label(n_correct: int, samples: int, known_min: int = 1) -> str:
     if n_correct == 0:
         return "unknown"
     return "known" if n_correct >= known_min else "unsure"
-
-
 
 
 def _cut_to_right_sentence(reply: str, qa: dict, max_chars: int) -> Optional[str]:
