@@ -1,6 +1,6 @@
 """Knowledge probing → "I don't know" (the Llama 3 factuality recipe) on SmolLM2-135M-Instruct, on CPU.
 
-    jaxllm run idk_smollm2                                   # ~20-30 min on 2 busy CPU cores (below)
+    jaxllm run idk_smollm2                                   # ~14 min on 2 idle CPU cores (below)
     jaxllm run idk_smollm2 --set sft.idk.train.steps=20     # shorter
     jaxllm run idk_smollm2 --set sft.idk.judge=smollm2-135m-instruct   # add a model judge (slower, weak judge)
 
@@ -10,7 +10,8 @@ facts, unlike the speedrun's tiny model. The stage (jaxllm.recipes.sft:idk_pretr
      held-out ones from other documents (never probed or trained) plus questions about invented people;
   2. before: one greedy answer per held-out question;
   3. probe: each train question asked `samples`=3 times at temperature 0.7, judged by string/number
-     match; every-time misses of year and location questions → varied refusals (`refusal_kinds`), known
+     match; every-time misses of year and location questions → varied refusals (`refusal_kinds`), and
+     of definitions whose 3 samples disagree with each other (`refusal_max_agreeing_pairs`); known
      ones → the model's own right answer: its greedy reply of up to 96 tokens when that is judged right
      (`answer_max_new_tokens`), else a right sampled one;
   4. a short full-parameter SFT on those conversations (answers and refusals at weight 1,
@@ -24,6 +25,7 @@ Run time (2 CPU cores shared with 3-4 other jobs, under `nice`): the first run t
 (held-out check ~5 min, probe of 450 sampled answers ~7 min, 40 SFT steps at ~22 s/step 14.5 min,
 "after" check ~5 min); the second, reusing probe.json, 17 minutes. On an idle machine expect roughly
 half: on an idle machine (December 2026) the first run took 14 minutes, a rerun reusing probe.json 6.
+These defaults probe 300 questions (900 sampled answers): 14 minutes on an idle machine.
 CI does not run it (tests/test_sft_idk.py only checks that the config loads).
 
 What we saw with the first string judge (seed 0; the judge has changed since, see below): the probe found 49 of 150 questions known (right at least once in 3) and 101
@@ -89,8 +91,31 @@ author"). The last 3 or 4 the judge had wrongly called right before ("A word is 
 martial arts combat sport", vapor as "a liquid"). Each judge error counts against the rule only in one
 direction: a question can be lost only if it was judged right before. So a judge that errs on 15% of
 definitions adds several points of "drop" even to a model whose answers did not get worse. The 5-point rule is still not met as
-measured. Next: a model judge stronger than the 135M model, replaying a general SFT mixture, or a larger
-model.
+measured.
+
+Refusing a missed definition only when its samples disagree (`refusal_max_agreeing_pairs`, December
+2026). A model that knows a thing says it alike each time, even when the judge misses it ("a class of
+medications used to treat anxiety", three times, for benzodiazepines); one that makes it up says
+something new each time (Basil of Caesarea as "a biblical character", "a figure of ancient Jewish myth",
+"the last king of Rome"). knowledge.agreeing_pairs counts the pairs of the 3 samples that agree (one read
+against the other's first sentence by the definition rule). Same held-out set (52 known before):
+
+    setting                                              hallucination   known-question accuracy   gained
+    years/places only (previous defaults)                 70% [57, 80]    45/52, 13.5 points
+    + definitions with 0 agreeing pairs, 150 probed       57% [44, 68]    44/52, 15.4 points          5
+    + definitions with <= 1 agreeing pair, 150 probed     53% [41, 65]    41/52, 21.2 points          4
+    + definitions with 0 agreeing pairs, 300 probed       63% [51, 74]    47/52,  9.6 points          4   (these defaults)
+
+With 300 probed questions (179 known, 84 refused of which 29 definitions whose samples disagreed; 14
+minutes on an idle machine) the accuracy on all 100 held-out questions went 52 -> 51. Of the 5 "lost",
+only the refusal of the year Hemingway died is real; the others are the judge: "a branch of theoretical
+physics" (string theory) and "an American author" (Toni Morrison) are right answers it misses, and "a
+word is a word ..." and a duel as "a type of martial arts combat sport" were wrongly judged right
+before. With 150 probed, of 8 lost 2 were real (that refusal and Delhi put in West Bengal); with <= 1
+agreeing pair the model also refused things it knew (Shakespeare, forging). Hallucination by question:
+"What did X invent?", "When was X born?" and "Which country ...?" are mostly refused after; "Who was X?",
+"Tell me about X" and "What is X?" mostly still answered. The 5-point rule is not met as measured (9.6);
+read by hand the drop is 1 of 52 (1.9 points). Next: a model judge stronger than the 135M model.
 """
 import dataclasses
 
@@ -102,9 +127,10 @@ from jaxllm.train.step import TrainConfig
 
 CPU = IDKConfig(
     enabled=True, init="smollm2-135m-instruct", source="wikipedia-summaries",
-    probe_questions=150, samples=3, temperature=0.7, known_min=1, known_weight=1.0,
+    probe_questions=300, samples=3, temperature=0.7, known_min=1, known_weight=1.0,
     eval_questions=100, eval_people=60, max_new_tokens=40, answer_max_new_tokens=96, batch_size=32,
     refusal_kinds=("year", "location"),  # refusing definitions too: 40% hallucination but a 32.7-point drop
+    refusal_max_agreeing_pairs=0,  # ...but a missed definition whose 3 samples all disagree is made up: refuse it
     replay_weight=0.0,  # no other SFT mixture here: the data are the probe's answers and refusals
     data=SFTDataConfig(template="smollm2", seq_len=160, batch_size=8, packing="pack", val_fraction=0.05),
     optim=OptimConfig(lr=1e-5, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.0, grad_clip=1.0),

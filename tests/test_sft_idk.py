@@ -256,3 +256,36 @@ def test_idk_smollm2_experiment_config_loads():
         cfg = load_python_file(path, "config", scale=scale)
         assert cfg.sft.idk.init == "smollm2-135m-instruct" and cfg.sft.idk.data.template == "smollm2"
         assert callable(resolve_function(cfg.stages[0]))
+
+
+def test_missed_definitions_are_refused_only_when_the_samples_disagree():
+    """SmolLM2's replies from a real probe: three alike answers (right, but worded unlike Wikipedia, so
+    the string judge missed them) are left out; three different inventions become a refusal."""
+    from jaxllm.data.generators.knowledge import agreeing_pairs
+    def definition(question, subject, context, replies):
+        return {"question": question, "kind": "definition", "subject": subject, "title": subject,
+                "answer": context.split(" are ")[-1].split(" was ")[-1], "context": context, "replies": replies}
+    alike = definition("What are Benzodiazepine?", "Benzodiazepine",
+                       "Benzodiazepines are a class of central nervous system (CNS) depressant drugs.",
+                       ["Benzodiazepines are a class of medications used to treat anxiety disorders.",
+                        "Benzodiazepine is a medication used to treat anxiety and attention deficit disorder.",
+                        "Benzodiazepine is a medication used to treat anxiety and other mood disorders."])
+    made_up = definition("What was Basil of Caesarea?", "Basil of Caesarea",
+                         "Basil of Caesarea, also called Saint Basil the Great, was an early Christian prelate.",
+                         ["Basil of Caesarea is a biblical character from the Bible.",
+                          "Basil of Caesarea is a legendary figure of ancient Jewish myth.",
+                          "Basil of Caesarea was the last king of Rome, defeated in the reign of Vespasian."])
+    year = {"question": "When was Ada Lovelace born?", "kind": "year", "title": "Ada Lovelace", "answer": "1815",
+            "replies": ["She was born in 1820."] * 3}
+    for p in (alike, made_up, year):
+        p.update(correct=[judge(r, p) for r in p["replies"]], samples=3)
+        p["n_correct"] = sum(p["correct"])
+    assert alike["n_correct"] == made_up["n_correct"] == year["n_correct"] == 0
+    assert agreeing_pairs(alike["replies"], alike) == 3 and agreeing_pairs(made_up["replies"], made_up) == 0
+    probed = [alike, made_up, year]
+    assert [c["messages"][0]["content"] for c in idk_training_set(probed, refusal_kinds=("year",))] == [year["question"]]
+    convs = idk_training_set(probed, refusal_kinds=("year",), refusal_max_agreeing_pairs=0)
+    assert [(c["messages"][0]["content"], c["meta"]["refused_because"]) for c in convs] == [
+        (made_up["question"], "samples disagree"), (year["question"], "kind")]
+    assert all(is_refusal(c["messages"][1]["content"]) for c in convs)
+    assert len(idk_training_set(probed, refusal_kinds=("year",), refusal_max_agreeing_pairs=3)) == 3

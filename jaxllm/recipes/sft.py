@@ -50,6 +50,9 @@ class IDKConfig:
     # question kinds ("year", "location", "definition") whose every-time misses become refusals; () = all.
     # Refusing missed definitions taught SmolLM2 to refuse things it knows (experiments/idk_smollm2.py).
     refusal_kinds: tuple[str, ...] = ()
+    # >=0: a missed question of another kind is refused too when at most this many pairs of its sampled
+    # replies agree with each other (knowledge.agreeing_pairs: a made-up answer changes each time); -1 = off
+    refusal_max_agreeing_pairs: int = -1
     batch_size: int = 32  # generation batch
     judge: str = ""  # "" = string/number match; a pretrained model name (e.g. smollm2-135m-instruct) adds a model judge
     replay_weight: float = 0.3  # the main SFT mixture mixed back in at this weight (0 = refusal/answer data only)
@@ -255,7 +258,8 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
     if (fresh or rejudged or added) and jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"key": key, "judge_version": JUDGE_VERSION, "before": before, "probed": probed}))
-    convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds)
+    convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds,
+                             refusal_max_agreeing_pairs=cfg.refusal_max_agreeing_pairs)
     labels = [c["meta"]["label"] for c in convs]
     log(f"{labels.count('known')} known, {labels.count('unknown')} missed every time; finetuning")
     if not convs:
@@ -300,10 +304,13 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
         "probe": {"samples": cfg.samples, "temperature": cfg.temperature, "known_min": cfg.known_min,
                   "known": labels.count("known"), "unknown": labels.count("unknown"), "unsure": n_unsure,
                   "refusal_kinds": list(cfg.refusal_kinds) or "all",
+                  "refusal_max_agreeing_pairs": cfg.refusal_max_agreeing_pairs,
                   "known_rate": proportion(labels.count("known"), len(probed)),
                   "examples": [{"question": p["question"], "answer": p["answer"], "replies": [r[:120] for r in p["replies"]],
                                 "n_correct": p["n_correct"]} for p in sorted(probed, key=lambda p: -p["n_correct"])[:3]]},
         "train": {"conversations": len(convs), "answers": labels.count("known"), "refusals": labels.count("unknown"),
+                  "refusals_samples_disagree": sum(c["meta"].get("refused_because") == "samples disagree"
+                                                   for c in convs),
                   "known_weight": cfg.known_weight, "answer_max_new_tokens": cfg.answer_max_new_tokens,
                   "answers_from": {src: sum(c["meta"].get("answer_from") == src for c in convs)
                                    for src in ("greedy", "sample", "template")},
@@ -464,6 +471,8 @@ def idk_report(r: dict) -> str:
              + (" ({greedy} the model's long greedy reply, {sample} a sampled reply, {template} the template)".format(
                  **t["answers_from"]) if t.get("answers_from") else "")
              + f" + {t['refusals']} refusals"
+             + (f" ({t['refusals_samples_disagree']} of other kinds, whose {p['samples']} samples disagreed)"
+                if t.get("refusals_samples_disagree") else "")
              + (f" + the main mixture at weight {t['replay_weight']}" if t["replay_files"] else "")
              + f", {t['steps']} steps. Measured greedily on held-out questions (documents never probed).", "",
              "| held-out measure | before | after | n |", "|---|---|---|---|",

@@ -15,6 +15,7 @@ Splits hash the source document id (QA) or the invented name, so held-out questi
 """
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from typing import Optional
@@ -298,24 +299,45 @@ def own_answer(probed: dict, max_chars: int = 300) -> Optional[tuple[str, str]]:
     return None
 
 
+def agreeing_pairs(replies: list[str], qa: dict) -> int:
+    """How many pairs of `replies` to `qa` say the same thing: one reply is right when the other's first
+    sentence is taken as the source sentence (the definition rule of `judge`, either way round). A model
+    that knows a thing tends to say it alike each time; one that makes it up invents anew each time."""
+    def agree(a: str, b: str) -> bool:
+        return judge(b, {**qa, "kind": "definition", "context": _first_sentence_of(a.strip())})
+    return sum(agree(a, b) or agree(b, a) for a, b in itertools.combinations(replies, 2))
+
+
 def idk_training_set(probed: list[dict], seed: int = 0, known_min: int = 1, own_answers: bool = True,
-                     refusal_kinds: tuple[str, ...] = ()) -> list[dict]:
+                     refusal_kinds: tuple[str, ...] = (), refusal_max_agreeing_pairs: int = -1) -> list[dict]:
     """Training conversations from probe results ({**qa, "n_correct", "samples"} per question): a refusal
-    for questions the model missed every time (of `refusal_kinds` only, when given), the answer for ones
-    it knows (its own right reply when `own_answers` and there is one, else the template answer; meta
-    "answer_from" says which), nothing for "unsure"."""
+    for questions the model missed every time (of `refusal_kinds` only, when given, and of any kind when
+    at most `refusal_max_agreeing_pairs` pairs of its sampled replies agree: see agreeing_pairs; -1 = off;
+    meta "refused_because" says which), the answer for ones it knows (its own right reply when
+    `own_answers` and there is one, else the template answer; meta "answer_from" says which), nothing
+    for "unsure"."""
     rng = rng_for("idk-probe", seed, "train")
     out = []
     for p in probed:
         label = probe_label(p["n_correct"], p["samples"], known_min)
-        if label == "unsure" or (label == "unknown" and refusal_kinds and p.get("kind") not in refusal_kinds):
+        if label == "unsure":
             continue
+        because = None
+        if label == "unknown":
+            if not refusal_kinds or p.get("kind") in refusal_kinds:
+                because = "kind"
+            elif agreeing_pairs(p.get("replies", []), p) <= refusal_max_agreeing_pairs:
+                because = "samples disagree"
+            else:
+                continue
         conv = idk_conversation(p, label == "known", rng)
         own = own_answer(p) if own_answers and label == "known" else None
         if own:
             conv["messages"][-1]["content"] = own[0]
         if label == "known":
             conv["meta"]["answer_from"] = own[1] if own else "template"
+        else:
+            conv["meta"]["refused_because"] = because
         conv["meta"].update(label=label, n_correct=p["n_correct"], samples=p["samples"], own_answer=own is not None)
         out.append(conv)
     return out
