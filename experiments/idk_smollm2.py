@@ -105,6 +105,7 @@ against the other's first sentence by the definition rule). Same held-out set (5
     + definitions with 0 agreeing pairs, 150 probed       57% [44, 68]    44/52, 15.4 points          5
     + definitions with <= 1 agreeing pair, 150 probed     53% [41, 65]    41/52, 21.2 points          4
     + definitions with 0 agreeing pairs, 300 probed       63% [51, 74]    47/52,  9.6 points          4   (these defaults)
+    + definitions with 0 agreeing pairs, 600 probed       63% [51, 74]    46/52, 11.5 points          4
 
 With 300 probed questions (179 known, 84 refused of which 29 definitions whose samples disagreed; 14
 minutes on an idle machine) the accuracy on all 100 held-out questions went 52 -> 51. Of the 5 "lost",
@@ -112,7 +113,9 @@ only the refusal of the year Hemingway died is real; the others are the judge: "
 physics" (string theory) and "an American author" (Toni Morrison) are right answers it misses, and "a
 word is a word ..." and a duel as "a type of martial arts combat sport" were wrongly judged right
 before. With 150 probed, of 8 lost 2 were real (that refusal and Delhi put in West Bengal); with <= 1
-agreeing pair the model also refused things it knew (Shakespeare, forging). Hallucination by question:
+agreeing pair the model also refused things it knew (Shakespeare, forging). Probing 600 (376 known, 153
+refused, 55 of them disagreeing definitions; 23 minutes) did not help: of 6 lost, 2 are real refusals
+(Hemingway's year, "Who was William Shakespeare?"), the other 4 the same judge errors. Hallucination by question:
 "What did X invent?", "When was X born?" and "Which country ...?" are mostly refused after; "Who was X?",
 "Tell me about X" and "What is X?" mostly still answered. The 5-point rule is not met as measured (9.6);
 read by hand the drop is 1 of 52 (1.9 points). Next: a model judge stronger than the 135M model.
