@@ -218,7 +218,9 @@ def test_cpu_output_projection_gradient_equals_autodiff(family, monkeypatch):
     ours = grads()
     monkeypatch.setattr(transformer, "head_matmul", lambda a, w, dt: transformer.matmul(a, w, dt, jnp.float32))
     plain = grads()
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ours, plain)
+    # the two sum in different orders: CI machines have shown 2e-7 differences on gradients of scale 1e-1
+    scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(plain))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale), ours, plain)
 
 
 def test_rope_half_split_convention():

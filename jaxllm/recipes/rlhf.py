@@ -306,6 +306,7 @@ def _windows(records: list[dict], key: str, stop: int, end: int, half: int = 5) 
 
 
 HACKED_DROP = 0.25  # a fall of the held-out true score smaller than this is called a stall, not hacking
+OVERSTATED_BY = 0.1  # the reward-model score rising this much more than the true score is over-optimisation
 
 
 def report_markdown(s: dict, out_dir: Path, base: Path) -> str:
@@ -313,13 +314,14 @@ def report_markdown(s: dict, out_dir: Path, base: Path) -> str:
     rm, stop = s["reward_model"], s["early_stop_step"]
     rel = lambda p: os.path.relpath(p, base)  # noqa: E731
     fell = s["final_heldout_true"] < s["early_stop_heldout_true"] - HACKED_DROP
-    stalled = s["final_heldout_true"] <= s["early_stop_heldout_true"]
-    rose = s["final_heldout_rm"] > s["early_stop_heldout_rm"]
+    rm_gain = s["final_heldout_rm"] - s["early_stop_heldout_rm"]
+    true_gain = s["final_heldout_true"] - s["early_stop_heldout_true"]
+    rose = rm_gain > 0
     verdict = ("the reward model was hacked: its score kept rising while the labeller's hidden true score fell"
                if fell and rose else
-               "the reward model was over-optimised: its score kept rising after the early stop while the "
-               "labeller's hidden true score stopped improving" if stalled and rose else
-               "no reward hacking showed up in this run (the true score kept up with the reward-model score)")
+               f"the reward model was over-optimised: after the early stop its score rose {rm_gain:+.3f} while the "
+               f"labeller's hidden true score moved {true_gain:+.3f}" if rose and rm_gain > true_gain + OVERSTATED_BY
+               else "no reward hacking showed up in this run (the true score kept up with the reward-model score)")
     lines = [
         "## RLHF (toy language, simulated labeller)", "",
         f"Reward model (backbone from the SFT policy + scalar head, {rm['loss']} on {rm['train_rankings']} "
