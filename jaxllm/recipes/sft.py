@@ -231,6 +231,7 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
     out_dir = Path(out_dir)
     probe_qas, heldout, people = idk_questions(cfg, documents)
     greedy = dict(temperature=0.0, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    sampled = asker(model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
 
     def log(msg):
         print(f"[jaxllm] idk ({time.time() - t0:.0f} s): {msg}", flush=True)
@@ -243,21 +244,26 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
         log(f"reusing the replies in {cache}, judged again (string judge version {JUDGE_VERSION})")
         before = rejudge_check(saved["before"], heldout, judge_fn)
         probed = rejudge_probe(saved["probed"], judge_fn)
+        heldout_probe = saved.get("heldout_probe") and rejudge_probe(saved["heldout_probe"], judge_fn)
     elif not fresh:
-        before, probed = saved["before"], saved["probed"]
+        before, probed, heldout_probe = saved["before"], saved["probed"], saved.get("heldout_probe")
         log(f"reusing the held-out check and probe in {cache}")
     else:
         log(f"held-out check before: {len(heldout)} corpus questions + {len(people)} invented people, greedy")
         before = knowledge_check(asker(model, **greedy), heldout, people, cfg.seed, judge_fn)
         log(f"hallucination {before['hallucination']['rate']:.0%}, accuracy {before['qa_accuracy']['rate']:.0%}; "
             f"probing {len(probe_qas)} questions x {cfg.samples} samples")
-        sampled = asker(model, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                        batch_size=cfg.batch_size)
         probed = probe_knowledge(sampled, probe_qas, cfg.samples, cfg.seed, judge_fn)
+        heldout_probe = None
+    probed_heldout = not heldout_probe  # probe.json from before this measure has none
+    if probed_heldout:  # what the model knows of the held-out questions, picked apart from the judged greedy reply
+        log(f"independent probe of the {len(heldout)} held-out questions x {cfg.samples} samples")
+        heldout_probe = probe_knowledge(sampled, heldout, cfg.samples, cfg.seed + 1, judge_fn)
     added = cfg.answer_max_new_tokens > 0 and _add_greedy_answers(model, cfg, probed, judge_fn)
-    if (fresh or rejudged or added) and jax.process_index() == 0:
+    if (fresh or rejudged or added or probed_heldout) and jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "judge_version": JUDGE_VERSION, "before": before, "probed": probed}))
+        cache.write_text(json.dumps({"key": key, "judge_version": JUDGE_VERSION, "before": before, "probed": probed,
+                                     "heldout_probe": heldout_probe}))
     convs = idk_training_set(probed, cfg.seed, cfg.known_min, refusal_kinds=cfg.refusal_kinds,
                              refusal_max_agreeing_pairs=cfg.refusal_max_agreeing_pairs)
     labels = [c["meta"]["label"] for c in convs]
@@ -278,17 +284,19 @@ def knowledge_probe_sft(out_dir: Path, model, cfg: IDKConfig, mesh: MeshConfig, 
     tuned = dataclasses.replace(model, name=f"{model.name}+idk", params=run.pop("params_out"))
     log("held-out check after")
     after = knowledge_check(asker(tuned, **greedy), heldout, people, cfg.seed, judge_fn)
-    change = knowledge_change(before, after, cfg.max_drop_points)
+    change = knowledge_change(before, after, cfg.max_drop_points, heldout_probe, cfg.known_min)
     side = {}
     for name, check in (side_checks or {}).items():
         r = check(tuned)
         side[name] = {**proportion(round(r["accuracy"] * r["n"]), r["n"]),
                       "samples": [{"question": x["question"], "reply": x["reply"][:160]} for x in r["samples"][:2]]}
     log(f"hallucination {before['hallucination']['rate']:.0%} -> {after['hallucination']['rate']:.0%}, "
-        f"known-question accuracy drop {change['known_drop_points']} points")
+        f"known-question accuracy drop {change['known_drop_points']} points "
+        f"({change['probe_known']['drop_points']} on the questions an independent probe found known)")
     n_unsure = len(probed) - len(convs)
     if jax.process_index() == 0:
-        (out_dir / "eval.json").write_text(json.dumps({"before": before, "after": after, "probe": probed}, indent=1))
+        (out_dir / "eval.json").write_text(json.dumps({"before": before, "after": after, "probe": probed,
+                                                           "heldout_probe": heldout_probe}, indent=1))
 
     def pairs(rows_b, rows_a, idx, k=3):
         return [{"question": rows_b[i]["question"], "before": rows_b[i]["reply"][:160], "after": rows_a[i]["reply"][:160]}
@@ -459,6 +467,7 @@ def _rate(p: dict) -> str:
 def idk_report(r: dict) -> str:
     """Markdown for result["idk"]: rates with n and 95% Wilson intervals."""
     b, a, k, p, t = r["before"], r["after"], r["known"], r["probe"], r["train"]
+    pk = k.get("probe_known")
     drop = "n/a (no held-out question was known before)" if k["known_drop_points"] is None else \
         f"{k['known_drop_points']:.1f} points ({'within' if k['within_max_drop'] else 'MORE than'} the allowed {k['max_drop_points']:g})"
     lines = ["### Knowledge probing → \"I don't know\"", "",
@@ -482,11 +491,18 @@ def idk_report(r: dict) -> str:
              f"{b['qa_accuracy']['n']} |",
              f"| accuracy on held-out questions it answered right before | {_rate(k['known_accuracy_before'])} | "
              f"{_rate(k['known_accuracy_after'])} | {k['known_accuracy_after']['n']} |",
+             *([f"| accuracy on held-out questions an independent probe found known (>= {pk['known_min']} of "
+                f"{p['samples']} samples right before) | {_rate(pk['accuracy_before'])} | {_rate(pk['accuracy_after'])} | "
+                f"{pk['accuracy_after']['n']} |"] if pk else []),
              f"| refusals on held-out questions it got wrong before | {_rate(k['missed_refusal_before'])} | "
              f"{_rate(k['missed_refusal_after'])} | {k['missed_refusal_after']['n']} |",
              f"| refusals on held-out corpus questions | {_rate(b['qa_refusal'])} | {_rate(a['qa_refusal'])} | "
              f"{b['qa_refusal']['n']} |", "",
-             f"Drop on known questions: {drop}. Rates: value [95% Wilson interval].", ""]
+             f"Drop on known questions: {drop}." + (
+                 f" On the questions the independent probe found known: {pk['drop_points']:.1f} points "
+                 f"({pk['lost']} lost, {pk['gained']} gained; greedy before and after, so judge errors on the greedy "
+                 "reply count both ways)." if pk and pk["drop_points"] is not None else "")
+             + " Rates: value [95% Wilson interval].", ""]
     for name, c in r.get("side_checks", {}).items():
         was = f"{c['before']:.0%} before, " if "before" in c else ""
         lines += [f"Side check on the finetuned model, {name} (held-out): {was}{_rate(c)} after (n={c['n']}).", ""]
