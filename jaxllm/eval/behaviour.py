@@ -194,29 +194,32 @@ def knowledge_change(before: dict, after: dict, max_drop_points: float = 5.0,
     that bias."""
     if [r["question"] for r in before["qa"]] != [r["question"] for r in after["qa"]]:
         raise ValueError("knowledge_change: before and after were asked different questions")
-    probe_known = None
+
+    def change_on(idx):  # greedy accuracy on the questions idx, before -> after
+        b = proportion(sum(before["qa"][i]["correct"] for i in idx), len(idx))
+        a = proportion(sum(after["qa"][i]["correct"] for i in idx), len(idx))
+        points = None if not idx else round(100.0 * (b["rate"] - a["rate"]), 2)
+        return b, a, points, None if points is None else points <= max_drop_points
+
+    known = [i for i, r in enumerate(before["qa"]) if r["correct"]]
+    missed = [i for i, r in enumerate(before["qa"]) if not r["correct"]]
+    known_before, kept, drop, within = change_on(known)
+    out = {"known_accuracy_before": known_before, "known_accuracy_after": kept,
+           "known_drop_points": drop, "within_max_drop": within, "max_drop_points": max_drop_points,
+           "known_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in known), len(known)),
+           "missed_refusal_before": proportion(sum(before["qa"][i]["refused"] for i in missed), len(missed)),
+           "missed_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in missed), len(missed))}
     if heldout_probe is not None:
         if [p["question"] for p in heldout_probe] != [r["question"] for r in before["qa"]]:
             raise ValueError("knowledge_change: heldout_probe asked other questions than the check")
         idx = [i for i, p in enumerate(heldout_probe) if p["n_correct"] >= known_min]
-        b = proportion(sum(before["qa"][i]["correct"] for i in idx), len(idx))
-        a = proportion(sum(after["qa"][i]["correct"] for i in idx), len(idx))
-        points = None if not idx else round(100.0 * (b["rate"] - a["rate"]), 2)
-        probe_known = {"known_min": known_min, "accuracy_before": b, "accuracy_after": a, "drop_points": points,
-                       "within_max_drop": None if points is None else points <= max_drop_points,
-                       "lost": sum(before["qa"][i]["correct"] and not after["qa"][i]["correct"] for i in idx),
-                       "gained": sum(after["qa"][i]["correct"] and not before["qa"][i]["correct"] for i in idx)}
-    known = [i for i, r in enumerate(before["qa"]) if r["correct"]]
-    missed = [i for i, r in enumerate(before["qa"]) if not r["correct"]]
-    kept = proportion(sum(after["qa"][i]["correct"] for i in known), len(known))
-    drop = None if not known else round(100.0 * (1.0 - kept["rate"]), 2)
-    return {"known_accuracy_before": proportion(len(known), len(known)), "known_accuracy_after": kept,
-            "known_drop_points": drop, "within_max_drop": None if drop is None else drop <= max_drop_points,
-            "max_drop_points": max_drop_points,
-            "known_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in known), len(known)),
-            "missed_refusal_before": proportion(sum(before["qa"][i]["refused"] for i in missed), len(missed)),
-            "missed_refusal_after": proportion(sum(after["qa"][i]["refused"] for i in missed), len(missed)),
-            **({"probe_known": probe_known} if probe_known is not None else {})}
+        b, a, points, ok = change_on(idx)
+        out["probe_known"] = {
+            "known_min": known_min, "accuracy_before": b, "accuracy_after": a, "drop_points": points,
+            "within_max_drop": ok,
+            "lost": sum(before["qa"][i]["correct"] and not after["qa"][i]["correct"] for i in idx),
+            "gained": sum(after["qa"][i]["correct"] and not before["qa"][i]["correct"] for i in idx)}
+    return out
 
 
 _BIGGER = r"(?:bigger|larger|greater|higher)"
