@@ -7,8 +7,8 @@ Both sides: GPT-2 family (LayerNorm, GELU-tanh, learned positions, tied embeddin
 AdamW, the same batch; torch uses 2 threads (eager); both run under tcmalloc when it is installed
 (jaxllm/allocator.py; JAXLLM_TCMALLOC=0 compares glibc). The f32 matmul peak is measured before and
 after the models; MFU = tokens/s x FLOPs/token / the best of the two. The two sides run interleaved in
-rounds and the ratio is the median of the per-round ratios (its range beside it): timings on these
-2-core machines swing ~2x between runs, and even within one.
+rounds (ABBA) and the ratio is the median of the per-round ratios, with their quartiles and the rounds
+ours won beside it: timings on these 2-core machines swing ~2x between runs, and even within one.
 """
 from __future__ import annotations
 
@@ -68,24 +68,26 @@ def theirs(cfg: ModelConfig, batch: int, threads: int = 2):
 
 
 def race(cfg: ModelConfig, batch: int, rounds: int, steps: int, warmup: int = 3) -> dict:
-    """Both sides, interleaved: `rounds` times `steps` of ours then `steps` of theirs. This machine's speed
-    drifts by up to 2x within a minute, so each round gives a paired ratio and the medians are reported
-    (PyTorch's first few steps are also ~1.3x slower than its steady state, hence the warmup)."""
+    """Both sides, interleaved: each round runs `steps` of each side, the side that goes first alternating
+    (ABBA). This machine's speed drifts by up to 2x within a minute, so each round gives a paired ratio and
+    the medians are reported (PyTorch's first few steps are also ~1.3x slower than its steady state, hence
+    the warmup)."""
     sides = {"ours": ours(cfg, batch), "torch": theirs(cfg, batch)}
     for step in sides.values():
         for _ in range(warmup):
             step()
     tokens = steps * batch * cfg.max_seq_len
     rates = {name: [] for name in sides}
-    for _ in range(rounds):
-        for name, step in sides.items():
+    for r in range(rounds):
+        for name in (("ours", "torch") if r % 2 == 0 else ("torch", "ours")):
             t0 = time.perf_counter()
             for _ in range(steps):
-                step()
+                sides[name]()
             rates[name].append(tokens / (time.perf_counter() - t0))
-    ratios = [a / b for a, b in zip(rates["ours"], rates["torch"])]
+    ratios = np.array(rates["ours"]) / np.array(rates["torch"])
     return {"ours": float(np.median(rates["ours"])), "torch": float(np.median(rates["torch"])),
-            "ratio": float(np.median(ratios)), "ratio_range": (min(ratios), max(ratios))}
+            "ratio": float(np.median(ratios)), "quartiles": tuple(np.percentile(ratios, [25, 75])),
+            "wins": int(np.sum(ratios > 1)), "rounds": rounds}
 
 
 def gpt2_like(d, n_layers, n_heads, seq, vocab):
@@ -96,8 +98,8 @@ def gpt2_like(d, n_layers, n_heads, seq, vocab):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape (ratios: their median)")
-    ap.add_argument("--steps", type=int, default=2, help="train steps per side per round")
+    ap.add_argument("--rounds", type=int, default=12, help="interleaved rounds per shape (ratios: their median)")
+    ap.add_argument("--steps", type=int, default=1, help="train steps per side per round")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--gpt2", action="store_true", help="also the GPT-2 124M shape at context 1024")
     args = ap.parse_args()
@@ -106,19 +108,20 @@ def main():
     shapes = [(name, gpt2_like(d, L, h, 256, 8192), args.batch, args.rounds, args.steps)
               for name, (d, L, h) in SHAPES.items()]
     if args.gpt2:
-        shapes.append(("gpt2-124m ctx1024", gpt2_like(768, 12, 12, 1024, 50257), 4, 3, 1))
+        shapes.append(("gpt2-124m ctx1024", gpt2_like(768, 12, 12, 1024, 50257), 4, 4, 1))
     rows = [(name, cfg, race(cfg, batch, rounds, steps)) for name, cfg, batch, rounds, steps in shapes]
     peaks.append(measure_matmul_peak(1024, jnp.float32, repeats=10))
     peak = max(peaks)  # MFU over the best peak seen in this run (first and last measurement)
     print(f"matmul peak (f32, 1024^3), before and after: {peaks[0] / 1e9:.0f}, {peaks[1] / 1e9:.0f} GFLOP/s; "
           f"MFU below uses the best, {peak / 1e9:.0f}")
-    print(f"{'shape':>18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'(range)':>11} {'our MFU':>8} "
-          f"{'torch MFU':>9}")
+    print(f"{'shape':>18} {'ours tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'quartiles':>11} {'ours faster':>12} "
+          f"{'our MFU':>8} {'torch MFU':>9}")
     for name, cfg, r in rows:
         f = flops_per_token(cfg, cfg.max_seq_len)
-        lo, hi = r["ratio_range"]
+        lo, hi = r["quartiles"]
+        won = f"{r['wins']}/{r['rounds']} rounds"
         print(f"{name:>18} {r['ours']:>11,.0f} {r['torch']:>12,.0f} {r['ratio']:>6.2f} {f'{lo:.2f}-{hi:.2f}':>11} "
-              f"{r['ours'] * f / peak:>8.1%} {r['torch'] * f / peak:>9.1%}")
+              f"{won:>12} {r['ours'] * f / peak:>8.1%} {r['torch'] * f / peak:>9.1%}")
 
 
 if __name__ == "__main__":
