@@ -135,28 +135,23 @@ def blocked_causal_attention(q: Array, k: Array, v: Array, *, segment_ids: Optio
     block = min(block, length)
     if length % block:
         return attention(q, k, v, segment_ids=segment_ids, impl="xla")
-    # 3-D batched dots over [batch*kv_heads]: a key/value head's query groups are rows of one matrix,
-    # row r = token r // groups.
-    # [batch*kv_heads, length*groups, head_dim]
-    qh = (q * head_dim ** -0.5).reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 1, 3, 4)
-    qh = qh.reshape(batch * kv_heads, length * groups, head_dim)
-    kh, vh = (x.transpose(0, 2, 1, 3).reshape(batch * kv_heads, length, head_dim) for x in (k, v))
+    # [batch, kv_heads, groups, length, head_dim] so grouped queries share their key/value head
+    qh = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4) * head_dim ** -0.5
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [batch, kv_heads, length, head_dim]
     outs = []
     for start in range(0, length, block):
         end = start + block
-        rows = slice(start * groups, end * groups)
-        scores = jnp.einsum("bqd,bkd->bqk", qh[:, rows], kh[:, :end],
-                            preferred_element_type=jnp.float32)  # [batch*kv_heads, block*groups, end]
-        token = jnp.arange(start, end).repeat(groups)  # query token of each row [block*groups]
-        mask = jnp.arange(end)[None, :] <= token[:, None]  # [block*groups, end]
+        scores = jnp.einsum("bkgtd,bksd->bkgts", qh[:, :, :, start:end], kh[:, :, :end],
+                            preferred_element_type=jnp.float32)  # [batch, kv_heads, groups, block, end]
+        mask = jnp.arange(end)[None, :] <= jnp.arange(start, end)[:, None]  # [block, end]
         if segment_ids is not None:
-            same = segment_ids[:, token, None] == segment_ids[:, None, :end]  # [batch, block*groups, end]
-            mask = jnp.repeat(mask[None] & same, kv_heads, axis=0)  # [batch*kv_heads, ...] (batch-major)
+            same = segment_ids[:, start:end, None] == segment_ids[:, None, :end]  # [batch, block, end]
+            mask = (mask[None] & same)[:, None, None]
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bqk,bkd->bqd", probs, vh[:, :end]))
-    out = jnp.concatenate(outs, axis=1).reshape(batch, kv_heads, length, groups, head_dim)
-    return out.transpose(0, 2, 1, 3, 4).reshape(batch, length, heads, head_dim).astype(q.dtype)
+        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, vh[:, :, :end]))
+    out = jnp.concatenate(outs, axis=3)  # [batch, kv_heads, groups, length, head_dim]
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, heads, head_dim).astype(q.dtype)
 
 
 def gelu_mlp(x: Array, w_up: Array, b_up: Optional[Array], w_down: Array, b_down: Optional[Array]) -> Array:
