@@ -34,7 +34,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: Literal["none", "full", "dots"] = "none"
-    attention_impl: Literal["xla", "cudnn", "auto", "blocked"] = "xla"
+    attention_impl: Literal["xla", "cudnn", "auto", "blocked", "fused"] = "xla"
     scan_layers: bool = True
     init_std: float = 0.02
 

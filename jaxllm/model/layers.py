@@ -10,6 +10,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jaxllm.kernels import cpu_attention
+
 Array = jax.Array
 
 
@@ -98,11 +100,17 @@ def attention(
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim] with
     heads % kv_heads == 0. impl: "xla" (portable oracle), "cudnn" (flash attention on GPUs),
-    "auto" (JAX chooses; "blocked" on CPU), "blocked" (causal block skipping, fastest on CPU; see
-    blocked_causal_attention). Returns [batch, q_len, heads, head_dim].
+    "auto" (JAX chooses; "fused" on CPU), "blocked" (causal block skipping in XLA; see
+    blocked_causal_attention), "fused" (the C++ CPU kernel in jaxllm/kernels, fastest on CPU; "blocked"
+    where it does not apply: other shapes or dtypes, several devices, no compiler). Returns
+    [batch, q_len, heads, head_dim].
     """
     plain_causal = causal and q_positions is None and kv_positions is None
     if impl == "auto" and jax.default_backend() == "cpu":
+        impl = "fused"
+    if impl == "fused":
+        if plain_causal and _fused_kernel_applies(q, k):
+            return cpu_attention.fused_causal_attention(q, k, v, segment_ids)
         impl = "blocked"
     if impl == "blocked":
         if plain_causal and q.shape[1] == k.shape[1]:
@@ -118,6 +126,13 @@ def attention(
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, is_causal=plain_causal and impl == "cudnn", implementation=implementation
     )
+
+
+def _fused_kernel_applies(q: Array, k: Array) -> bool:
+    # The kernel is one opaque call on whole arrays: under a multi-device mesh XLA would gather them.
+    mesh = jax.sharding.get_abstract_mesh()
+    return (jax.default_backend() == "cpu" and q.shape[1] == k.shape[1] and cpu_attention.supported(q, k)
+            and (mesh.empty or mesh.size == 1) and cpu_attention.available())
 
 
 def blocked_causal_attention(q: Array, k: Array, v: Array, *, segment_ids: Optional[Array] = None,

@@ -1,0 +1,304 @@
+// Fused causal self-attention for XLA:CPU (forward and backward), called through the XLA FFI.
+//
+// XLA:CPU runs attention as many small batched dots (single-threaded in YNNPACK) plus separate
+// softmax passes; PyTorch's CPU flash-attention kernel is ~2x faster at [16, 256, 6, 64]. This kernel
+// keeps one (batch, kv_head) pair's work in cache: S = QK^T, the softmax and PV per head, with the
+// masked upper triangle skipped, and the backward recomputing P from the saved log-sum-exp.
+// Tasks (batch x kv_heads) run on XLA's intra-op thread pool; each task owns its outputs, so results do
+// not depend on scheduling. Compiled on the user's machine (-march=native): see cpu_attention.py.
+//
+// Shapes: q [batch, length, heads, head_dim], k/v [batch, length, kv_heads, head_dim], segment_ids
+// [batch, length] (int32; packed documents do not see each other), lse [batch, heads, length].
+// Constraints (checked in Python): length % 16 == 0, head_dim % 16 == 0, heads % kv_heads == 0.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;
+#else
+constexpr int W = 8;
+#endif
+typedef float vf __attribute__((vector_size(W * 4)));
+typedef int32_t vi __attribute__((vector_size(W * 4)));
+constexpr int MR = W == 16 ? 8 : 4;  // rows per micro-tile: 16 or 8 accumulator registers
+constexpr int NR = 2 * W;   // columns per micro-tile
+
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{} + x; }
+
+// exp on a vector (Cephes-style: 2^n * p(r), |rel err| < 2e-7); inputs below -87 (and -inf) give 0.
+inline vf vexp(vf x) {
+  vi tiny = x < splat(-87.0f);
+  x = x < splat(-87.0f) ? splat(-87.0f) : (x > splat(88.0f) ? splat(88.0f) : x);
+  vf n = x * splat(1.44269504088896341f);
+  vi ni = __builtin_convertvector(n + (n < splat(0.0f) ? splat(-0.5f) : splat(0.5f)), vi);  // round
+  vf nf = __builtin_convertvector(ni, vf);
+  vf r = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  vf out = p * (vf)((ni + 127) << 23);
+  return (vf)((vi)out & ~tiny);
+}
+
+// Per-thread scratch, reused across calls (buffers of T^2 floats would otherwise be mmap'ed and
+// page-faulted on every call under glibc malloc).
+float* scratch(size_t floats) {
+  thread_local std::vector<float> buffer;
+  if (buffer.size() < floats) buffer.resize(floats);
+  return buffer.data();
+}
+
+// C[M, N] (+)= A[M, K] @ B[K, N], row-major, M % MR == 0, N % W == 0. `mode` limits the work for a
+// causal (lower-triangular) operand, per row tile starting at i0:
+//   kFull: everything; kCols: columns < i0 + MR (rounded up to W), C's other entries untouched;
+//   kLowerK: k < i0 + MR (A is lower-triangular); kUpperK: k >= i0 (A is upper-triangular).
+enum Mode { kFull, kCols, kLowerK, kUpperK };
+
+// Columns of a causal row i that gemm(kCols) computes: up to its row tile's end, rounded up to a vector.
+inline int computed_columns(int i, int T) { return std::min(T, ((i / MR) * MR + MR + W - 1) / W * W); }
+
+template <int NV, bool TA>
+inline void tile(int k0, int k1, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                 bool accumulate) {
+  vf acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = accumulate ? load(C + r * ldc + v * W) : vf{};
+  for (int k = k0; k < k1; ++k) {
+    vf b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = load(B + k * ldb + v * W);
+    for (int r = 0; r < MR; ++r) {
+      vf a = splat(TA ? A[k * lda + r] : A[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * W, acc[r][v]);
+}
+
+// TA: A is given transposed, as [K, M] row-major (C = A^T @ B), so no transposed copy is needed.
+template <bool TA = false>
+void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+          bool accumulate, Mode mode) {
+  for (int i0 = 0; i0 < M; i0 += MR) {
+    int n1 = N, k0 = 0, k1 = K;
+    if (mode == kCols) n1 = computed_columns(i0, N);
+    if (mode == kLowerK) k1 = std::min(K, i0 + MR);
+    if (mode == kUpperK) k0 = i0;
+    const float* a = TA ? A + i0 : A + i0 * lda;
+    float* c = C + i0 * ldc;
+    int j = 0;
+    for (; j + NR <= n1; j += NR) tile<2, TA>(k0, k1, a, lda, B + j, ldb, c + j, ldc, accumulate);
+    for (; j < n1; j += W) tile<1, TA>(k0, k1, a, lda, B + j, ldb, c + j, ldc, accumulate);
+  }
+}
+
+// dst[cols, rows] = src[rows, cols]^T (dst leading dim ldd)
+void transpose(int rows, int cols, const float* src, int lds, float* dst, int ldd) {
+  constexpr int B = 16;
+  for (int i0 = 0; i0 < rows; i0 += B)
+    for (int j0 = 0; j0 < cols; j0 += B)
+      for (int i = i0; i < std::min(rows, i0 + B); ++i)
+        for (int j = j0; j < std::min(cols, j0 + B); ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
+struct Dims {
+  int batch, length, heads, kv_heads, head_dim;
+  int groups() const { return heads / kv_heads; }
+  int64_t q_row() const { return int64_t(heads) * head_dim; }     // stride between tokens in q
+  int64_t kv_row() const { return int64_t(kv_heads) * head_dim; }  // ... in k, v
+};
+
+// Gather head `h` of x [batch, length, n_heads, head_dim] for batch b into dst [length, head_dim].
+void gather(const float* x, int b, int h, int n_heads, const Dims& d, float* dst) {
+  const int64_t row = int64_t(n_heads) * d.head_dim;
+  const float* src = x + int64_t(b) * d.length * row + int64_t(h) * d.head_dim;
+  for (int t = 0; t < d.length; ++t) std::memcpy(dst + t * d.head_dim, src + t * row, d.head_dim * 4);
+}
+
+void scatter(const float* src, int b, int h, int n_heads, const Dims& d, float* x) {
+  const int64_t row = int64_t(n_heads) * d.head_dim;
+  float* dst = x + int64_t(b) * d.length * row + int64_t(h) * d.head_dim;
+  for (int t = 0; t < d.length; ++t) std::memcpy(dst + t * row, src + t * d.head_dim, d.head_dim * 4);
+}
+
+inline vi iload(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof v); return v; }
+inline float hsum(vf v) { float s = 0; for (int i = 0; i < W; ++i) s += v[i]; return s; }
+
+// P[i, :] = masked softmax of scale * S[i, :] (or exp(scale * S - lse) when lse_in is given), zero where
+// masked (j > i or another segment), over the columns gemm(kCols) computed. Writes lse when lse_out.
+void softmax_rows(int T, float scale, const int32_t* seg, float* S, const float* lse_in, float* lse_out) {
+  vi lane;
+  for (int v = 0; v < W; ++v) lane[v] = v;
+  for (int i = 0; i < T; ++i) {
+    float* s = S + int64_t(i) * T;
+    const int n = computed_columns(i, T);
+    const vi own = vi{} + seg[i];
+    vf m = splat(-INFINITY);
+    for (int j = 0; j < n; j += W) {
+      vi valid = (iload(seg + j) == own) & (lane + j <= i);
+      vf x = valid ? load(s + j) * scale : splat(-INFINITY);
+      store(s + j, x);
+      m = m > x ? m : x;
+    }
+    float shift = m[0];
+    for (int v = 1; v < W; ++v) shift = std::max(shift, m[v]);
+    if (lse_in) shift = lse_in[i];
+    vf sum = vf{};
+    for (int j = 0; j < n; j += W) {
+      vf e = vexp(load(s + j) - shift);
+      store(s + j, e);
+      sum += e;
+    }
+    if (!lse_in) {
+      const float l = hsum(sum);
+      const vf inv = splat(1.0f / l);
+      for (int j = 0; j < n; j += W) store(s + j, load(s + j) * inv);
+      if (lse_out) lse_out[i] = shift + std::log(l);
+    }
+  }
+}
+
+// Runs task(0..n-1) on the caller and the pool; returns when all are done. Late pool workers find no
+// work left and only touch the shared state, so the call never waits for a busy pool thread to start.
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int n, F task) {
+  struct Shared { std::atomic<int> next{0}, done{0}; };
+  auto shared = std::make_shared<Shared>();
+  // Holds `task` by reference: it is only called for indices claimed before `done` reaches n.
+  auto work = [shared, n, &task]() {
+    for (int i; (i = shared->next.fetch_add(1)) < n;) {
+      task(i);
+      shared->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int helpers = int(std::min<int64_t>(pool.num_threads(), n)) - 1;
+  for (int h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
+  work();
+  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+Dims dims_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  return Dims{int(qd[0]), int(qd[1]), int(qd[2]), int(kd[2]), int(qd[3])};
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, float scale,
+                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  const Dims d = dims_of(q, k);
+  const int T = d.length, D = d.head_dim;
+  parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
+    const int b = task / d.kv_heads, kh = task % d.kv_heads;
+    float* buf = scratch(5 * size_t(T) * D + size_t(T) * T);
+    float *Qh = buf, *Kt = Qh + T * D, *Vh = Kt + T * D, *Oh = Vh + T * D, *Kh = Oh + T * D, *S = Kh + T * D;
+    std::memset(S, 0, sizeof(float) * T * T);
+    gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
+    transpose(T, D, Kh, D, Kt, T);
+    gather(v.typed_data(), b, kh, d.kv_heads, d, Vh);
+    const int32_t* sg = seg.typed_data() + int64_t(b) * T;
+    for (int g = 0; g < d.groups(); ++g) {
+      const int h = kh * d.groups() + g;
+      gather(q.typed_data(), b, h, d.heads, d, Qh);
+      gemm(T, T, D, Qh, D, Kt, T, S, T, false, kCols);
+      softmax_rows(T, scale, sg, S, nullptr, lse->typed_data() + (int64_t(b) * d.heads + h) * T);
+      gemm(T, D, T, S, T, Vh, D, Oh, D, false, kLowerK);
+      scatter(Oh, b, h, d.heads, d, out->typed_data());
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, ffi::Buffer<ffi::F32> o,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  const Dims d = dims_of(q, k);
+  const int T = d.length, D = d.head_dim;
+  const int64_t TT = int64_t(T) * T;
+  parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
+    const int b = task / d.kv_heads, kh = task % d.kv_heads;
+    float* buf = scratch(10 * size_t(T) * D + 2 * TT);
+    float *Qh = buf, *Kh = Qh + T * D, *Kt = Kh + T * D, *Vt = Kt + T * D, *Oh = Vt + T * D,
+          *dOh = Oh + T * D, *dQh = dOh + T * D, *dKh = dQh + T * D, *dVh = dKh + T * D, *tmp = dVh + T * D,
+          *P = tmp + T * D, *dS = P + TT;
+    std::memset(dKh, 0, sizeof(float) * 2 * T * D);  // dKh, dVh
+    std::memset(P, 0, sizeof(float) * 2 * TT);
+    gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
+    transpose(T, D, Kh, D, Kt, T);
+    gather(v.typed_data(), b, kh, d.kv_heads, d, tmp);
+    transpose(T, D, tmp, D, Vt, T);
+    const int32_t* sg = seg.typed_data() + int64_t(b) * T;
+    for (int g = 0; g < d.groups(); ++g) {
+      const int h = kh * d.groups() + g;
+      gather(q.typed_data(), b, h, d.heads, d, Qh);
+      gather(o.typed_data(), b, h, d.heads, d, Oh);
+      gather(dout.typed_data(), b, h, d.heads, d, dOh);
+      gemm(T, T, D, Qh, D, Kt, T, P, T, false, kCols);
+      softmax_rows(T, scale, sg, P, lse.typed_data() + (int64_t(b) * d.heads + h) * T, nullptr);
+      gemm(T, T, D, dOh, D, Vt, T, dS, T, false, kCols);  // dP
+      for (int i = 0; i < T; ++i) {  // dS = P * (dP - rowsum(dO * O)) * scale
+        vf acc = vf{};
+        for (int e = 0; e < D; e += W) acc += load(dOh + i * D + e) * load(Oh + i * D + e);
+        const vf delta = splat(hsum(acc));
+        const float* p = P + int64_t(i) * T;
+        float* s = dS + int64_t(i) * T;
+        for (int j = 0, n = computed_columns(i, T); j < n; j += W)
+          store(s + j, load(p + j) * (load(s + j) - delta) * scale);
+      }
+      gemm(T, D, T, dS, T, Kh, D, dQh, D, false, kLowerK);
+      scatter(dQh, b, h, d.heads, d, dq->typed_data());
+      gemm<true>(T, D, T, P, T, dOh, D, dVh, D, true, kUpperK);   // dV += P^T dO
+      gemm<true>(T, D, T, dS, T, Qh, D, dKh, D, true, kUpperK);  // dK += dS^T Q
+    }
+    scatter(dKh, b, kh, d.kv_heads, d, dk->typed_data());
+    scatter(dVh, b, kh, d.kv_heads, d, dv->typed_data());
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxllmAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
