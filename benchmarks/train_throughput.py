@@ -93,7 +93,7 @@ def race(cfg: ModelConfig, batch: int, rounds: int, steps: int, warmup: int = 3)
 def gpt2_like(d, n_layers, n_heads, seq, vocab):
     return ModelConfig(family="gpt2", vocab_size=vocab, max_seq_len=seq, d_model=d, n_layers=n_layers,
                        n_heads=n_heads, n_kv_heads=n_heads, d_ff=4 * d, tie_embeddings=True, use_bias=True,
-                       scan_layers=False, attention_impl="fused")  # as the speedrun runs
+                       scan_layers=False, attention_impl="fused", matmul_impl="blas")  # as the speedrun runs
 
 
 def main():

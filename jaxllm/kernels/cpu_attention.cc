@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -176,25 +177,6 @@ void softmax_rows(int T, float scale, const int32_t* seg, float* S, const float*
   }
 }
 
-// Runs task(0..n-1) on the caller and the pool; returns when all are done. Late pool workers find no
-// work left and only touch the shared state, so the call never waits for a busy pool thread to start.
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int n, F task) {
-  struct Shared { std::atomic<int> next{0}, done{0}; };
-  auto shared = std::make_shared<Shared>();
-  // Holds `task` by reference: it is only called for indices claimed before `done` reaches n.
-  auto work = [shared, n, &task]() {
-    for (int i; (i = shared->next.fetch_add(1)) < n;) {
-      task(i);
-      shared->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int helpers = int(std::min<int64_t>(pool.num_threads(), n)) - 1;
-  for (int h = 0; h < helpers; ++h) pool.Schedule(decltype(work)(work));
-  work();
-  while (shared->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
-
 Dims dims_of(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k) {
   auto qd = q.dimensions(), kd = k.dimensions();
   return Dims{int(qd[0]), int(qd[1]), int(qd[2]), int(kd[2]), int(qd[3])};
@@ -205,7 +187,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   const Dims d = dims_of(q, k);
   const int T = d.length, D = d.head_dim;
-  parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
+  jaxllm::parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
     const int b = task / d.kv_heads, kh = task % d.kv_heads;
     float* buf = scratch(5 * size_t(T) * D + size_t(T) * T);
     float *Qh = buf, *Kt = Qh + T * D, *Vh = Kt + T * D, *Oh = Vh + T * D, *Kh = Oh + T * D, *S = Kh + T * D;
@@ -234,7 +216,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   const Dims d = dims_of(q, k);
   const int T = d.length, D = d.head_dim;
   const int64_t TT = int64_t(T) * T;
-  parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
+  jaxllm::parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
     const int b = task / d.kv_heads, kh = task % d.kv_heads;
     float* buf = scratch(10 * size_t(T) * D + 2 * TT);
     float *Qh = buf, *Kh = Qh + T * D, *Kt = Kh + T * D, *Vt = Kt + T * D, *Oh = Vt + T * D,

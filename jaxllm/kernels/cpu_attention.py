@@ -2,84 +2,24 @@
 
 On CPU, XLA runs attention as small batched dots and separate softmax passes, ~2x slower than PyTorch's
 flash-attention kernel; this kernel does one (batch, kv_head) pair at a time in cache, skips the masked
-triangle, and recomputes the probabilities in the backward pass from the saved log-sum-exp. It is
-compiled on first use with the machine's C++ compiler (`$CXX`, else g++; `-O3 -march=native`) into
-`$JAXLLM_CACHE/kernels/`, keyed by the source, jaxlib's version and the CPU, so the tuned build never
-runs on another machine. Without a compiler, `available()` is False and callers use the XLA path
+triangle, and recomputes the probabilities in the backward pass from the saved log-sum-exp. Built on
+first use (native.py); without a compiler `available()` is False and callers use XLA's attention
 (`jaxllm.model.layers.blocked_causal_attention`), which is also the test oracle.
 """
 from __future__ import annotations
-
-import ctypes
-import functools
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.fetch import cache_dir
+from jaxllm.kernels import native
 
-log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("cpu_attention.cc")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w"]
-_TARGETS = {"jaxllm_attention_fwd": "JaxllmAttentionForward", "jaxllm_attention_bwd": "JaxllmAttentionBackward"}
+_TARGETS = (("jaxllm_attention_fwd", "JaxllmAttentionForward"), ("jaxllm_attention_bwd", "JaxllmAttentionBackward"))
 
 
-def _cpu_signature() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = ""
-    return f"{platform.machine()} {platform.processor()} {flags}"
-
-
-def build(compiler: str | None = None) -> Path:
-    """Compile the kernel (once per source, jaxlib and CPU) and return the shared library's path."""
-    compiler = compiler or os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++ or set $CXX)")
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), jax.__version__, jax.lib.__version__, " ".join(FLAGS),
-                                    compiler, _cpu_signature()]).encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"cpu_attention-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
-        os.replace(out, target)  # atomic: concurrent processes never load a half-written library
-    return target
-
-
-@functools.cache
 def available() -> bool:
-    """Whether the kernel is built and registered with XLA (once per process; False, with a warning,
-    when it cannot be compiled here)."""
-    if os.environ.get("JAXLLM_CPU_ATTENTION_KERNEL", "1") == "0":
-        return False
-    try:
-        library = ctypes.cdll.LoadLibrary(str(build()))
-    except (RuntimeError, OSError) as e:
-        log.warning("fused CPU attention kernel unavailable, using XLA's attention: %s", e)
-        return False
-    for name, symbol in _TARGETS.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    _LIBRARIES.append(library)  # keep it loaded
-    return True
-
-
-_LIBRARIES: list = []
+    """Whether the kernel is built and registered with XLA (False, with a warning, when it cannot be)."""
+    return native.load("cpu_attention", _TARGETS) is not None
 
 
 def supported(q: jax.Array, k: jax.Array) -> bool:

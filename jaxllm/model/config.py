@@ -35,6 +35,7 @@ class ModelConfig:
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: Literal["none", "full", "dots"] = "none"
     attention_impl: Literal["xla", "cudnn", "auto", "blocked", "fused"] = "xla"
+    matmul_impl: Literal["xla", "blas"] = "xla"  # "blas": float32 CPU matmuls through MKL (jaxllm/kernels)
     scan_layers: bool = True
     init_std: float = 0.02
 
@@ -53,6 +54,10 @@ class ModelConfig:
             bad(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
         if self.family == "llama" and self.resolved_head_dim % 2:
             bad(f"head_dim={self.resolved_head_dim} must be even for RoPE")
+        if self.attention_impl not in ("xla", "cudnn", "auto", "blocked", "fused"):
+            bad(f"attention_impl={self.attention_impl!r} must be 'xla', 'cudnn', 'auto', 'blocked' or 'fused'")
+        if self.matmul_impl not in ("xla", "blas"):
+            bad(f"matmul_impl={self.matmul_impl!r} must be 'xla' or 'blas'")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 bad(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")

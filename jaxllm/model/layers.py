@@ -10,7 +10,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from jaxllm.kernels import cpu_attention
+from jaxllm.kernels import cpu_attention, native
 
 Array = jax.Array
 
@@ -129,10 +129,8 @@ def attention(
 
 
 def _fused_kernel_applies(q: Array, k: Array) -> bool:
-    # The kernel is one opaque call on whole arrays: under a multi-device mesh XLA would gather them.
-    mesh = jax.sharding.get_abstract_mesh()
-    return (jax.default_backend() == "cpu" and q.shape[1] == k.shape[1] and cpu_attention.supported(q, k)
-            and (mesh.empty or mesh.size == 1) and cpu_attention.available())
+    return (q.shape[1] == k.shape[1] and cpu_attention.supported(q, k) and native.single_device_cpu()
+            and cpu_attention.available())
 
 
 def blocked_causal_attention(q: Array, k: Array, v: Array, *, segment_ids: Optional[Array] = None,

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxllm.kernels import blas_matmul
 from jaxllm.model import layers
 from jaxllm.model.config import ModelConfig
 
@@ -43,11 +44,15 @@ def _constrain(x: Array, names: tuple) -> Array:
     return nn.with_logical_constraint(x, names)
 
 
-def matmul(x: Array, w: Array, dt, out_dtype=None) -> Array:
+def matmul(x: Array, w: Array, dt, out_dtype=None, impl: str = "xla") -> Array:
     """x [n, in] @ w [in, out] in dtype dt, or in w's dtype when narrower, with results in out_dtype
     (default dt). bfloat16 inference weights: bfloat16 inputs summed in float32 run ~2x faster on CPU
-    than float32 (bfloat16 outputs would be slower)."""
+    than float32 (bfloat16 outputs would be slower). impl="blas": float32 on one CPU device goes
+    through MKL (jaxllm/kernels/blas_matmul.py), anything else through XLA's dot."""
     dt = jnp.dtype(dt)
+    if (impl == "blas" and dt == jnp.float32 and jnp.dtype(out_dtype or dt) == jnp.float32
+            and blas_matmul.applies(x, w)):
+        return blas_matmul.matmul(x, w)
     in_dt = w.dtype if jnp.dtype(w.dtype).itemsize < dt.itemsize else dt
     out_dtype = out_dtype or (None if in_dt == dt else dt)
     return jnp.matmul(x.astype(in_dt), w.astype(in_dt), preferred_element_type=out_dtype)
@@ -74,12 +79,14 @@ def _cpu_head_matmul_bwd(res, g):
 _cpu_head_matmul.defvjp(_cpu_head_matmul_fwd, _cpu_head_matmul_bwd)
 
 
-def head_matmul(x: Array, w: Array, dt) -> Array:
+def head_matmul(x: Array, w: Array, dt, impl: str = "xla") -> Array:
     """The output projection x [tokens, embed] @ w [embed, vocab] → float32 logits [tokens, vocab]; in float32
     on CPU through a custom gradient that made the whole train step 1.07x (d_model 256) to 1.12x (128) faster
     at vocab 8192. Only for vocabularies of 1024 and more, where the head is a large part of the step: the
     other summation order flipped the toy RLHF run (vocab 44, tests/test_rlhf_pipeline.py) into hacking its
-    reward model from step 0."""
+    reward model from step 0. impl="blas": through MKL, as `matmul`."""
+    if impl == "blas" and jnp.dtype(dt) == jnp.float32 and blas_matmul.applies(x, w):
+        return blas_matmul.matmul(x, w)
     if (jnp.dtype(dt) == x.dtype == w.dtype == jnp.float32 and w.shape[-1] >= 1024
             and jax.default_backend() == "cpu"):
         return _cpu_head_matmul(x, w)
@@ -110,7 +117,7 @@ class Proj(nn.Module):
         in_shape, out_shape = self.kernel_shape[: -self.n_out], self.kernel_shape[-self.n_out:]
         n_in, n_out = math.prod(in_shape), math.prod(out_shape)
         lead = x.shape[: x.ndim - len(in_shape)]
-        y = matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dt)
+        y = matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dt, impl=self.cfg.matmul_impl)
         if self.cfg.use_bias:
             y = y + _param(self, "bias", nn.initializers.zeros, out_shape, self.kernel_axes[-self.n_out:]).astype(dt).reshape(n_out)
         return y.reshape(*lead, *out_shape)
@@ -279,7 +286,7 @@ class Transformer(nn.Module):
         # one 2-D matmul [batch*length, embed] @ [embed, vocab] (see Proj), float32 logits
         b, n, _ = x.shape
         if cfg.tie_embeddings:
-            logits = head_matmul(x.reshape(b * n, -1), embedding.T, dt)
+            logits = head_matmul(x.reshape(b * n, -1), embedding.T, dt, self.cfg.matmul_impl)
         else:
             logits = _LMHead(cfg, name="lm_head")(x.reshape(b * n, -1))
         logits = logits.reshape(b, n, -1)
@@ -313,4 +320,4 @@ class _LMHead(nn.Module):
         cfg = self.cfg
         kernel = _param(self, "kernel", nn.initializers.normal(cfg.init_std), (cfg.d_model, cfg.vocab_size),
                         ("embed", "vocab"))
-        return head_matmul(x, kernel, x.dtype)
+        return head_matmul(x, kernel, x.dtype, cfg.matmul_impl)
