@@ -38,7 +38,7 @@ constexpr int NR = 2 * W;   // columns per micro-tile
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{} + x; }
+inline vf splat(float x) { return x - vf{}; }  // a broadcast (x + 0.0f would cost an add: -0.0f)
 
 // exp on a vector (Cephes-style: 2^n * p(r), |rel err| < 2e-7); inputs below -87 (and -inf) give 0.
 inline vf vexp(vf x) {
