@@ -29,6 +29,10 @@ def _find_mkl() -> str | None:
     return candidates[0] if candidates else ctypes.util.find_library("mkl_rt")
 
 
+def mkl_installed() -> bool:
+    return _find_mkl() is not None
+
+
 @functools.cache
 def available() -> bool:
     """Whether the kernel is built, has MKL's sgemm and is registered with XLA (once per process)."""

@@ -10,21 +10,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.kernels import blas_matmul
+
 # bf16 dense peak per chip (FLOP/s), published figures
 KNOWN_PEAKS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12, "tpu v5e": 197e12,
                "tpu v5p": 459e12, "tpu v6e": 918e12}
 
 
 def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
-    """Best observed FLOP/s of a square matmul on the default device (the CPU ceiling for MFU)."""
+    """Best observed FLOP/s of a square matmul on the default device (the CPU ceiling for MFU): XLA's dot
+    and, for float32 on CPU with MKL installed, the MKL kernel of matmul_impl="blas", whichever is faster."""
     a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
+    candidates = [jax.jit(lambda x, y: x @ y)]
+    if (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and blas_matmul.mkl_installed()
+            and blas_matmul.available()):
+        candidates.append(jax.jit(blas_matmul.matmul))
     best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for f in candidates:
         f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(a, a).block_until_ready()
+            best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
 
 
