@@ -3,17 +3,16 @@
 On the CPUs measured here MKL runs the Transformer's matmuls 10-60% faster than XLA:CPU's YNNPACK dots,
 the weight gradients x^T g most; PyTorch's CPU speed comes from the same library. `matmul` has a
 custom gradient made of the same calls (dx = g w^T, dw = x^T g, with the transposes folded into BLAS).
-MKL comes from PyPI's `mkl` package (x86-64 Linux; a dependency there); without it, or without a C++
-compiler, `available()` is False and callers use XLA's dot, which is also the test oracle.
+MKL comes from PyPI's `mkl-static` (a dependency on x86-64 Linux) and is linked into the kernel with its
+symbols hidden; without it, or without a C++ compiler, `available()` is False and callers use XLA's dot,
+which is also the test oracle.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
-import glob
 import logging
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,36 +20,29 @@ import jax.numpy as jnp
 from jaxllm.kernels import native
 
 log = logging.getLogger(__name__)
-_MKL_THREADING_SEQUENTIAL = 1  # MKL runs on the calling thread; cpu_matmul.cc splits the work over XLA's pool
+_MKL_ARCHIVES = ("libmkl_intel_lp64.a", "libmkl_sequential.a", "libmkl_core.a")  # LP64 ints, no threads
 
 
-def _find_mkl() -> str | None:
-    candidates = sorted(glob.glob(f"{sys.prefix}/lib/libmkl_rt.so*"), reverse=True)
-    return candidates[0] if candidates else ctypes.util.find_library("mkl_rt")
+def _mkl_archives() -> list[Path] | None:
+    paths = [Path(sys.prefix) / "lib" / name for name in _MKL_ARCHIVES]
+    return paths if all(p.exists() for p in paths) else None
 
 
 def mkl_installed() -> bool:
-    return _find_mkl() is not None
+    return _mkl_archives() is not None
 
 
 @functools.cache
 def available() -> bool:
-    """Whether the kernel is built, has MKL's sgemm and is registered with XLA (once per process)."""
-    path = _find_mkl()
-    if path is None:
-        log.warning("matmul_impl='blas' needs MKL (pip install mkl; x86-64 Linux): using XLA's dot instead")
+    """Whether the kernel is built with MKL and registered with XLA (once per process)."""
+    archives = _mkl_archives()
+    if archives is None:
+        log.warning("matmul_impl='blas' needs MKL's static libraries (pip install mkl-static; x86-64 Linux) "
+                    "in %s/lib: using XLA's dot instead", sys.prefix)
         return False
-    library = native.load("cpu_matmul", (("jaxllm_matmul", "JaxllmMatmul"),))
-    if library is None:
-        return False
-    mkl = ctypes.CDLL(path)
-    mkl.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
-    library.jaxllm_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p))
-    _LOADED.append(mkl)  # keep MKL loaded: the kernel holds a pointer into it
-    return True
-
-
-_LOADED: list = []
+    link = ("-Wl,--start-group", *map(str, archives), "-Wl,--end-group", "-Wl,--exclude-libs,ALL", "-Wl,-Bsymbolic",
+            "-lpthread", "-lm", "-ldl")
+    return native.load("cpu_matmul", (("jaxllm_matmul", "JaxllmMatmul"),), link) is not None
 
 
 def applies(x: jax.Array, w: jax.Array) -> bool:
