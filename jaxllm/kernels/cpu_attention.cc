@@ -11,12 +11,9 @@
 // [batch, length] (int32; packed documents do not see each other), lse [batch, heads, length].
 // Constraints (checked in Python): length % 16 == 0, head_dim % 16 == 0, heads % kv_heads == 0.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #include "pool.h"
@@ -69,9 +66,10 @@ float* scratch(size_t floats) {
 
 // C[M, N] (+)= A[M, K] @ B[K, N], row-major, M % MR == 0, N % W == 0. `mode` limits the work for a
 // causal (lower-triangular) operand, per row tile starting at i0:
-//   kFull: everything; kCols: columns < i0 + MR (rounded up to W), C's other entries untouched;
+//   kCols: columns < i0 + MR (rounded up to W), C's other entries untouched;
 //   kLowerK: k < i0 + MR (A is lower-triangular); kUpperK: k >= i0 (A is upper-triangular).
-enum Mode { kFull, kCols, kLowerK, kUpperK };
+// Every read of a T x T operand stays inside what kCols computed, so those buffers need no zeroing.
+enum Mode { kCols, kLowerK, kUpperK };
 
 // Columns of a causal row i that gemm(kCols) computes: up to its row tile's end, rounded up to a vector.
 inline int computed_columns(int i, int T) { return std::min(T, ((i / MR) * MR + MR + W - 1) / W * W); }
@@ -123,8 +121,6 @@ void transpose(int rows, int cols, const float* src, int lds, float* dst, int ld
 struct Dims {
   int batch, length, heads, kv_heads, head_dim;
   int groups() const { return heads / kv_heads; }
-  int64_t q_row() const { return int64_t(heads) * head_dim; }     // stride between tokens in q
-  int64_t kv_row() const { return int64_t(kv_heads) * head_dim; }  // ... in k, v
 };
 
 // Gather head `h` of x [batch, length, n_heads, head_dim] for batch b into dst [length, head_dim].
@@ -191,7 +187,6 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
     const int b = task / d.kv_heads, kh = task % d.kv_heads;
     float* buf = scratch(5 * size_t(T) * D + size_t(T) * T);
     float *Qh = buf, *Kt = Qh + T * D, *Vh = Kt + T * D, *Oh = Vh + T * D, *Kh = Oh + T * D, *S = Kh + T * D;
-    std::memset(S, 0, sizeof(float) * T * T);
     gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
     transpose(T, D, Kh, D, Kt, T);
     gather(v.typed_data(), b, kh, d.kv_heads, d, Vh);
@@ -223,7 +218,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
           *dOh = Oh + T * D, *dQh = dOh + T * D, *dKh = dQh + T * D, *dVh = dKh + T * D, *tmp = dVh + T * D,
           *P = tmp + T * D, *dS = P + TT;
     std::memset(dKh, 0, sizeof(float) * 2 * T * D);  // dKh, dVh
-    std::memset(P, 0, sizeof(float) * 2 * TT);
     gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
     transpose(T, D, Kh, D, Kt, T);
     gather(v.typed_data(), b, kh, d.kv_heads, d, tmp);

@@ -55,9 +55,6 @@ def build(source: Path, compiler: str | None = None, link_args: tuple[str, ...] 
         if result.returncode:
             raise RuntimeError(f"compiling {source.name} failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
         os.replace(out, target)  # atomic: concurrent processes never load a half-written library
-    for stale in target.parent.glob(f"{source.stem}-*.so"):  # earlier sources' builds (a loaded one stays mapped)
-        if stale != target:
-            stale.unlink(missing_ok=True)
     return target
 
 

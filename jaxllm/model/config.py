@@ -5,9 +5,11 @@ Simple field types only, so `--set model.d_model=256` works through jaxllm.confi
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 Family = Literal["gpt2", "llama"]
+AttentionImpl = Literal["xla", "cudnn", "auto", "blocked", "fused"]
+MatmulImpl = Literal["xla", "blas"]  # "blas": float32 CPU matmuls through MKL (jaxllm/kernels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +36,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     param_dtype: str = "float32"  # storage dtype of parameters
     remat: Literal["none", "full", "dots"] = "none"
-    attention_impl: Literal["xla", "cudnn", "auto", "blocked", "fused"] = "xla"
-    matmul_impl: Literal["xla", "blas"] = "xla"  # "blas": float32 CPU matmuls through MKL (jaxllm/kernels)
+    attention_impl: AttentionImpl = "xla"
+    matmul_impl: MatmulImpl = "xla"
     scan_layers: bool = True
     init_std: float = 0.02
 
@@ -54,10 +56,9 @@ class ModelConfig:
             bad(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; set head_dim explicitly")
         if self.family == "llama" and self.resolved_head_dim % 2:
             bad(f"head_dim={self.resolved_head_dim} must be even for RoPE")
-        if self.attention_impl not in ("xla", "cudnn", "auto", "blocked", "fused"):
-            bad(f"attention_impl={self.attention_impl!r} must be 'xla', 'cudnn', 'auto', 'blocked' or 'fused'")
-        if self.matmul_impl not in ("xla", "blas"):
-            bad(f"matmul_impl={self.matmul_impl!r} must be 'xla' or 'blas'")
+        for name, allowed in (("attention_impl", get_args(AttentionImpl)), ("matmul_impl", get_args(MatmulImpl))):
+            if getattr(self, name) not in allowed:
+                bad(f"{name}={getattr(self, name)!r} must be one of {', '.join(map(repr, allowed))}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 bad(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")

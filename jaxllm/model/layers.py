@@ -129,8 +129,7 @@ def attention(
 
 
 def _fused_kernel_applies(q: Array, k: Array) -> bool:
-    return (q.shape[1] == k.shape[1] and cpu_attention.supported(q, k) and native.single_device_cpu()
-            and cpu_attention.available())
+    return cpu_attention.supported(q, k) and native.single_device_cpu() and cpu_attention.available()
 
 
 def blocked_causal_attention(q: Array, k: Array, v: Array, *, segment_ids: Optional[Array] = None,

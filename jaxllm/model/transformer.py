@@ -44,14 +44,17 @@ def _constrain(x: Array, names: tuple) -> Array:
     return nn.with_logical_constraint(x, names)
 
 
+def _through_blas(x: Array, w: Array, dt, impl: str) -> bool:
+    return impl == "blas" and jnp.dtype(dt) == jnp.float32 and blas_matmul.applies(x, w)
+
+
 def matmul(x: Array, w: Array, dt, out_dtype=None, impl: str = "xla") -> Array:
     """x [n, in] @ w [in, out] in dtype dt, or in w's dtype when narrower, with results in out_dtype
     (default dt). bfloat16 inference weights: bfloat16 inputs summed in float32 run ~2x faster on CPU
     than float32 (bfloat16 outputs would be slower). impl="blas": float32 on one CPU device goes
     through MKL (jaxllm/kernels/blas_matmul.py), anything else through XLA's dot."""
     dt = jnp.dtype(dt)
-    if (impl == "blas" and dt == jnp.float32 and jnp.dtype(out_dtype or dt) == jnp.float32
-            and blas_matmul.applies(x, w)):
+    if _through_blas(x, w, dt, impl) and jnp.dtype(out_dtype or dt) == jnp.float32:
         return blas_matmul.matmul(x, w)
     in_dt = w.dtype if jnp.dtype(w.dtype).itemsize < dt.itemsize else dt
     out_dtype = out_dtype or (None if in_dt == dt else dt)
@@ -85,7 +88,7 @@ def head_matmul(x: Array, w: Array, dt, impl: str = "xla") -> Array:
     at vocab 8192. Only for vocabularies of 1024 and more, where the head is a large part of the step: the
     other summation order flipped the toy RLHF run (vocab 44, tests/test_rlhf_pipeline.py) into hacking its
     reward model from step 0. impl="blas": through MKL, as `matmul`."""
-    if impl == "blas" and jnp.dtype(dt) == jnp.float32 and blas_matmul.applies(x, w):
+    if _through_blas(x, w, dt, impl):
         return blas_matmul.matmul(x, w)
     if (jnp.dtype(dt) == x.dtype == w.dtype == jnp.float32 and w.shape[-1] >= 1024
             and jax.default_backend() == "cpu"):
