@@ -27,7 +27,8 @@ def qkv(batch, length, heads, kv_heads, head_dim, seed=0):
 
 @needs_attention_kernel
 @pytest.mark.parametrize("length,heads,kv_heads,head_dim,segments", [
-    (16, 2, 2, 16, None), (64, 4, 2, 32, "packed"), (48, 6, 3, 64, "shuffled"), (128, 4, 1, 64, "packed")])
+    (16, 2, 2, 16, None), (64, 4, 2, 32, "packed"), (48, 6, 3, 64, "shuffled"), (128, 4, 1, 64, "packed"),
+    (208, 2, 1, 16, "shuffled")])  # 208: blocks of 64 query rows and a last one of 16
 def test_fused_attention_equals_xla(length, heads, kv_heads, head_dim, segments):
     """Outputs and all three gradients, with grouped-query heads, packed documents and segment ids that
     are not contiguous runs."""
@@ -90,7 +91,8 @@ def test_build_errors_name_the_problem(tmp_path, monkeypatch):
 @needs_blas_kernel
 @pytest.mark.parametrize("rows,inner,cols", [(64, 48, 80), (37, 5, 300), (300, 20, 7)])
 def test_blas_matmul_and_its_gradient_equal_xla(rows, inner, cols):
-    """Forward, dx and dw, for shapes split by rows or by columns over the pool, odd sizes included."""
+    """Forward, dx and dw, for shapes split by rows or by columns over the pool, odd sizes included, with
+    w as given and transposed."""
     keys = jax.random.split(jax.random.key(rows), 3)
     x, w = jax.random.normal(keys[0], (rows, inner)), jax.random.normal(keys[1], (inner, cols))
     g = jax.random.normal(keys[2], (rows, cols))
@@ -102,6 +104,10 @@ def test_blas_matmul_and_its_gradient_equal_xla(rows, inner, cols):
     for name, a, b in zip(("out", "dx", "dw"), jax.jit(lambda: run(blas_matmul.matmul))(),
                           jax.jit(lambda: run(jnp.matmul))()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+    w = w.T  # transpose_w: w given as [cols, inner] (a tied embedding table as the output head)
+    for name, a, b in zip(("out", "dx", "dw"), jax.jit(lambda: run(lambda x, w: blas_matmul.matmul(x, w, True)))(),
+                          jax.jit(lambda: run(lambda x, w: x @ w.T))()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=f"transpose_w {name}")
 
 
 @needs_attention_kernel

@@ -2,8 +2,9 @@
 //
 // XLA:CPU runs attention as many small batched dots (single-threaded in YNNPACK) plus separate
 // softmax passes; PyTorch's CPU flash-attention kernel is ~2x faster at [16, 256, 6, 64]. This kernel
-// keeps one (batch, kv_head) pair's work in cache: S = QK^T, the softmax and PV per head, with the
-// masked upper triangle skipped, and the backward recomputing P from the saved log-sum-exp.
+// works through one (batch, kv_head) pair at a time, in blocks of 64 query rows whose scores [64, length]
+// stay in L2: S = QK^T, the softmax and PV, with the masked upper triangle skipped, and the backward
+// recomputing P from the saved log-sum-exp.
 // Tasks (batch x kv_heads) run on XLA's intra-op thread pool; each task owns its outputs, so results do
 // not depend on scheduling. Compiled on the user's machine (-march=native): see cpu_attention.py.
 //
@@ -32,6 +33,9 @@ typedef float vf __attribute__((vector_size(W * 4)));
 typedef int32_t vi __attribute__((vector_size(W * 4)));
 constexpr int MR = W == 16 ? 8 : 4;  // rows per micro-tile: 16 or 8 accumulator registers
 constexpr int NR = 2 * W;   // columns per micro-tile
+constexpr int kRowBlock = 64;  // query rows per block (a multiple of MR and of 16)
+// Leading dimension of the [*, length] scratch: rows 4 KB apart would share L1/L2 cache sets.
+inline int padded(int length) { return length + 16; }
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
@@ -56,8 +60,8 @@ inline vf vexp(vf x) {
   return (vf)((vi)out & ~tiny);
 }
 
-// Per-thread scratch, reused across calls (buffers of T^2 floats would otherwise be mmap'ed and
-// page-faulted on every call under glibc malloc).
+// Per-thread scratch, reused across calls (large buffers would otherwise be mmap'ed and page-faulted on
+// every call under glibc malloc).
 float* scratch(size_t floats) {
   thread_local std::vector<float> buffer;
   if (buffer.size() < floats) buffer.resize(floats);
@@ -65,10 +69,11 @@ float* scratch(size_t floats) {
 }
 
 // C[M, N] (+)= A[M, K] @ B[K, N], row-major, M % MR == 0, N % W == 0. `mode` limits the work for a
-// causal (lower-triangular) operand, per row tile starting at i0:
-//   kCols: columns < i0 + MR (rounded up to W), C's other entries untouched;
-//   kLowerK: k < i0 + MR (A is lower-triangular); kUpperK: k >= i0 (A is upper-triangular).
-// Every read of a T x T operand stays inside what kCols computed, so those buffers need no zeroing.
+// causal (lower-triangular) operand, per row tile starting at i0, for a block of query rows starting
+// at row `first` (the rows of A for kCols and kLowerK, the k of A for kUpperK):
+//   kCols: columns < first + i0 + MR (rounded up to W), C's other entries untouched;
+//   kLowerK: k < first + i0 + MR (A is lower-triangular); kUpperK: k >= i0 - first (A^T is upper-triangular).
+// Every read of a score block stays inside what kCols computed, so those buffers need no zeroing.
 enum Mode { kCols, kLowerK, kUpperK };
 
 // Columns of a causal row i that gemm(kCols) computes: up to its row tile's end, rounded up to a vector.
@@ -95,12 +100,12 @@ inline void tile(int k0, int k1, const float* A, int lda, const float* B, int ld
 // TA: A is given transposed, as [K, M] row-major (C = A^T @ B), so no transposed copy is needed.
 template <bool TA = false>
 void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-          bool accumulate, Mode mode) {
+          bool accumulate, Mode mode, int first) {
   for (int i0 = 0; i0 < M; i0 += MR) {
     int n1 = N, k0 = 0, k1 = K;
-    if (mode == kCols) n1 = computed_columns(i0, N);
-    if (mode == kLowerK) k1 = std::min(K, i0 + MR);
-    if (mode == kUpperK) k0 = i0;
+    if (mode == kCols) n1 = computed_columns(first + i0, N);
+    if (mode == kLowerK) k1 = std::min(K, first + i0 + MR);
+    if (mode == kUpperK) k0 = std::max(0, i0 - first);
     const float* a = TA ? A + i0 : A + i0 * lda;
     float* c = C + i0 * ldc;
     int j = 0;
@@ -139,13 +144,15 @@ void scatter(const float* src, int b, int h, int n_heads, const Dims& d, float* 
 inline vi iload(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof v); return v; }
 inline float hsum(vf v) { float s = 0; for (int i = 0; i < W; ++i) s += v[i]; return s; }
 
-// P[i, :] = masked softmax of scale * S[i, :] (or exp(scale * S - lse) when lse_in is given), zero where
-// masked (j > i or another segment), over the columns gemm(kCols) computed. Writes lse when lse_out.
-void softmax_rows(int T, float scale, const int32_t* seg, float* S, const float* lse_in, float* lse_out) {
+// For query rows first..first+rows-1 (row r of S, leading dim ld): P[i, :] = masked softmax of scale * S[i, :]
+// (or exp(scale * S - lse) when lse_in is given), zero where masked (j > i or another segment), over the
+// columns gemm(kCols) computed. Writes lse when lse_out. lse_in/lse_out are indexed by i.
+void softmax_rows(int first, int rows, int T, int ld, float scale, const int32_t* seg, float* S,
+                  const float* lse_in, float* lse_out) {
   vi lane;
   for (int v = 0; v < W; ++v) lane[v] = v;
-  for (int i = 0; i < T; ++i) {
-    float* s = S + int64_t(i) * T;
+  for (int i = first; i < first + rows; ++i) {
+    float* s = S + int64_t(i - first) * ld;
     const int n = computed_columns(i, T);
     const vi own = vi{} + seg[i];
     vf m = splat(-INFINITY);
@@ -182,21 +189,25 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg, float scale,
                    ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   const Dims d = dims_of(q, k);
-  const int T = d.length, D = d.head_dim;
+  const int T = d.length, D = d.head_dim, ld = padded(T);
   jaxllm::parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
     const int b = task / d.kv_heads, kh = task % d.kv_heads;
-    float* buf = scratch(5 * size_t(T) * D + size_t(T) * T);
-    float *Qh = buf, *Kt = Qh + T * D, *Vh = Kt + T * D, *Oh = Vh + T * D, *Kh = Oh + T * D, *S = Kh + T * D;
+    float* buf = scratch(4 * size_t(T) * D + size_t(D + kRowBlock) * ld);
+    float *Qh = buf, *Vh = Qh + T * D, *Oh = Vh + T * D, *Kh = Oh + T * D, *Kt = Kh + T * D, *S = Kt + D * ld;
     gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
-    transpose(T, D, Kh, D, Kt, T);
+    transpose(T, D, Kh, D, Kt, ld);
     gather(v.typed_data(), b, kh, d.kv_heads, d, Vh);
     const int32_t* sg = seg.typed_data() + int64_t(b) * T;
     for (int g = 0; g < d.groups(); ++g) {
       const int h = kh * d.groups() + g;
       gather(q.typed_data(), b, h, d.heads, d, Qh);
-      gemm(T, T, D, Qh, D, Kt, T, S, T, false, kCols);
-      softmax_rows(T, scale, sg, S, nullptr, lse->typed_data() + (int64_t(b) * d.heads + h) * T);
-      gemm(T, D, T, S, T, Vh, D, Oh, D, false, kLowerK);
+      float* lse_h = lse->typed_data() + (int64_t(b) * d.heads + h) * T;
+      for (int i0 = 0; i0 < T; i0 += kRowBlock) {
+        const int rows = std::min(kRowBlock, T - i0), cols = computed_columns(i0 + rows - 1, T);
+        gemm(rows, cols, D, Qh + i0 * D, D, Kt, ld, S, ld, false, kCols, i0);
+        softmax_rows(i0, rows, T, ld, scale, sg, S, nullptr, lse_h);
+        gemm(rows, D, cols, S, ld, Vh, D, Oh + i0 * D, D, false, kLowerK, i0);
+      }
       scatter(Oh, b, h, d.heads, d, out->typed_data());
     }
   });
@@ -209,41 +220,46 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
   const Dims d = dims_of(q, k);
-  const int T = d.length, D = d.head_dim;
-  const int64_t TT = int64_t(T) * T;
+  const int T = d.length, D = d.head_dim, ld = padded(T);
+  const int64_t block = int64_t(kRowBlock) * ld;
   jaxllm::parallel_for(pool, d.batch * d.kv_heads, [&](int task) {
     const int b = task / d.kv_heads, kh = task % d.kv_heads;
-    float* buf = scratch(10 * size_t(T) * D + 2 * TT);
-    float *Qh = buf, *Kh = Qh + T * D, *Kt = Kh + T * D, *Vt = Kt + T * D, *Oh = Vt + T * D,
-          *dOh = Oh + T * D, *dQh = dOh + T * D, *dKh = dQh + T * D, *dVh = dKh + T * D, *tmp = dVh + T * D,
-          *P = tmp + T * D, *dS = P + TT;
+    float* buf = scratch(8 * size_t(T) * D + 2 * size_t(D) * ld + 2 * block);
+    float *Qh = buf, *Kh = Qh + T * D, *Oh = Kh + T * D, *dOh = Oh + T * D, *dQh = dOh + T * D,
+          *dKh = dQh + T * D, *dVh = dKh + T * D, *tmp = dVh + T * D, *Kt = tmp + T * D, *Vt = Kt + D * ld,
+          *P = Vt + D * ld, *dS = P + block;
     std::memset(dKh, 0, sizeof(float) * 2 * T * D);  // dKh, dVh
     gather(k.typed_data(), b, kh, d.kv_heads, d, Kh);
-    transpose(T, D, Kh, D, Kt, T);
+    transpose(T, D, Kh, D, Kt, ld);
     gather(v.typed_data(), b, kh, d.kv_heads, d, tmp);
-    transpose(T, D, tmp, D, Vt, T);
+    transpose(T, D, tmp, D, Vt, ld);
     const int32_t* sg = seg.typed_data() + int64_t(b) * T;
     for (int g = 0; g < d.groups(); ++g) {
       const int h = kh * d.groups() + g;
       gather(q.typed_data(), b, h, d.heads, d, Qh);
       gather(o.typed_data(), b, h, d.heads, d, Oh);
       gather(dout.typed_data(), b, h, d.heads, d, dOh);
-      gemm(T, T, D, Qh, D, Kt, T, P, T, false, kCols);
-      softmax_rows(T, scale, sg, P, lse.typed_data() + (int64_t(b) * d.heads + h) * T, nullptr);
-      gemm(T, T, D, dOh, D, Vt, T, dS, T, false, kCols);  // dP
-      for (int i = 0; i < T; ++i) {  // dS = P * (dP - rowsum(dO * O)) * scale
-        vf acc = vf{};
-        for (int e = 0; e < D; e += W) acc += load(dOh + i * D + e) * load(Oh + i * D + e);
-        const vf delta = splat(hsum(acc));
-        const float* p = P + int64_t(i) * T;
-        float* s = dS + int64_t(i) * T;
-        for (int j = 0, n = computed_columns(i, T); j < n; j += W)
-          store(s + j, load(p + j) * (load(s + j) - delta) * scale);
+      const float* lse_h = lse.typed_data() + (int64_t(b) * d.heads + h) * T;
+      for (int i0 = 0; i0 < T; i0 += kRowBlock) {
+        const int rows = std::min(kRowBlock, T - i0), cols = computed_columns(i0 + rows - 1, T);
+        const float *Qb = Qh + i0 * D, *dOb = dOh + i0 * D;
+        gemm(rows, cols, D, Qb, D, Kt, ld, P, ld, false, kCols, i0);
+        softmax_rows(i0, rows, T, ld, scale, sg, P, lse_h, nullptr);
+        gemm(rows, cols, D, dOb, D, Vt, ld, dS, ld, false, kCols, i0);  // dP
+        for (int i = i0; i < i0 + rows; ++i) {  // dS = P * (dP - rowsum(dO * O)) * scale
+          vf acc = vf{};
+          for (int e = 0; e < D; e += W) acc += load(dOh + i * D + e) * load(Oh + i * D + e);
+          const vf delta = splat(hsum(acc));
+          const float* p = P + int64_t(i - i0) * ld;
+          float* s = dS + int64_t(i - i0) * ld;
+          for (int j = 0, n = computed_columns(i, T); j < n; j += W)
+            store(s + j, load(p + j) * (load(s + j) - delta) * scale);
+        }
+        gemm(rows, D, cols, dS, ld, Kh, D, dQh + i0 * D, D, false, kLowerK, i0);
+        gemm<true>(cols, D, rows, P, ld, dOb, D, dVh, D, true, kUpperK, i0);  // dV += P^T dO
+        gemm<true>(cols, D, rows, dS, ld, Qb, D, dKh, D, true, kUpperK, i0);  // dK += dS^T Q
       }
-      gemm(T, D, T, dS, T, Kh, D, dQh, D, false, kLowerK);
       scatter(dQh, b, h, d.heads, d, dq->typed_data());
-      gemm<true>(T, D, T, P, T, dOh, D, dVh, D, true, kUpperK);   // dV += P^T dO
-      gemm<true>(T, D, T, dS, T, Qh, D, dKh, D, true, kUpperK);  // dK += dS^T Q
     }
     scatter(dKh, b, kh, d.kv_heads, d, dk->typed_data());
     scatter(dVh, b, kh, d.kv_heads, d, dv->typed_data());
