@@ -97,17 +97,17 @@ def test_blas_matmul_and_its_gradient_equal_xla(rows, inner, cols):
     x, w = jax.random.normal(keys[0], (rows, inner)), jax.random.normal(keys[1], (inner, cols))
     g = jax.random.normal(keys[2], (rows, cols))
 
-    def run(f):
+    def run(f, w):
         out, vjp = jax.vjp(f, x, w)
         return (out, *vjp(g))
 
-    for name, a, b in zip(("out", "dx", "dw"), jax.jit(lambda: run(blas_matmul.matmul))(),
-                          jax.jit(lambda: run(jnp.matmul))()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
-    w = w.T  # transpose_w: w given as [cols, inner] (a tied embedding table as the output head)
-    for name, a, b in zip(("out", "dx", "dw"), jax.jit(lambda: run(lambda x, w: blas_matmul.matmul(x, w, True)))(),
-                          jax.jit(lambda: run(lambda x, w: x @ w.T))()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=f"transpose_w {name}")
+    # transpose_w: w given as [cols, inner] (a tied embedding table used as the output head)
+    for label, ours, oracle, weight in (("", blas_matmul.matmul, jnp.matmul, w),
+                                        ("transpose_w ", lambda x, w: blas_matmul.matmul(x, w, True),
+                                         lambda x, w: x @ w.T, w.T)):
+        for name, a, b in zip(("out", "dx", "dw"), jax.jit(lambda: run(ours, weight))(),
+                              jax.jit(lambda: run(oracle, weight))()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=label + name)
 
 
 @needs_attention_kernel

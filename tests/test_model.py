@@ -216,7 +216,8 @@ def test_cpu_output_projection_gradient_equals_autodiff(family, monkeypatch):
         return jax.grad(loss)(params)  # not jitted: the monkeypatch below must take effect
 
     ours = grads()
-    monkeypatch.setattr(transformer, "head_matmul", lambda a, w, dt, impl="xla", table=False: transformer.matmul(a, w.T if table else w, dt, jnp.float32))
+    monkeypatch.setattr(transformer, "head_matmul", lambda a, w, dt, impl="xla", table=False:
+                        transformer.matmul(a, w.T if table else w, dt, jnp.float32))
     plain = grads()
     # the two sum in different orders: CI machines have shown 2e-7 differences on gradients of scale 1e-1
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(plain))
