@@ -1,4 +1,4 @@
-"""The C++ CPU kernels (jaxllm/kernels): fused attention and MKL matmuls, against XLA's ops, their oracles."""
+"""The C++ CPU kernels (jaxllm/kernels): fused attention and BLAS matmuls, against XLA's ops, their oracles."""
 import functools
 import os
 
@@ -10,12 +10,12 @@ import pytest
 from jaxllm.kernels import blas_matmul, cpu_attention, native
 from jaxllm.model import ModelConfig, Transformer, layers
 
-if os.environ.get("CI") and not (cpu_attention.available() and blas_matmul.available()):
+if os.environ.get("CI") and not (cpu_attention.available() and all(map(blas_matmul._build, blas_matmul.LIBRARIES))):
     raise RuntimeError("the native CPU kernels did not build: .ci/apt-packages.txt installs g++, "
-                       "pyproject.toml's dependencies mkl-static")
-# off CI, only a machine without g++ (or, for the matmul, without mkl-static: not x86-64 Linux) skips
+                       "pyproject.toml's dependencies mkl-static and scipy-openblas32")
+# off CI, only a machine without g++ (or, for the matmul, without mkl-static and scipy-openblas32) skips
 needs_attention_kernel = pytest.mark.skipif(not cpu_attention.available(), reason="no C++ compiler here")
-needs_blas_kernel = pytest.mark.skipif(not blas_matmul.available(), reason="no C++ compiler or no mkl-static here")
+needs_blas_kernel = pytest.mark.skipif(not blas_matmul.available(), reason="no C++ compiler or no BLAS here")
 
 
 def qkv(batch, length, heads, kv_heads, head_dim, seed=0):
@@ -88,11 +88,14 @@ def test_build_errors_name_the_problem(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-written is left
 
 
-@needs_blas_kernel
+@pytest.mark.parametrize("library", blas_matmul.LIBRARIES)
 @pytest.mark.parametrize("rows,inner,cols", [(64, 48, 80), (37, 5, 300), (300, 20, 7)])
-def test_blas_matmul_and_its_gradient_equal_xla(rows, inner, cols):
-    """Forward, dx and dw, for shapes split by rows or by columns over the pool, odd sizes included, with
-    w as given and transposed."""
+def test_blas_matmul_and_its_gradient_equal_xla(rows, inner, cols, library, monkeypatch):
+    """Forward, dx and dw through each BLAS, for shapes split by rows or by columns over the pool, odd sizes
+    included, with w as given and transposed."""
+    monkeypatch.setenv("JAXLLM_BLAS", library)
+    if not blas_matmul.available():
+        pytest.skip(f"no C++ compiler or no {library} here")
     keys = jax.random.split(jax.random.key(rows), 3)
     x, w = jax.random.normal(keys[0], (rows, inner)), jax.random.normal(keys[1], (inner, cols))
     g = jax.random.normal(keys[2], (rows, cols))
@@ -136,8 +139,11 @@ def test_model_with_native_kernels_equals_xla():
     assert "jaxllm_matmul" not in jax.jit(functools.partial(loss, bf16)).lower(params).as_text()
 
 
-def test_wrong_impl_names_are_clear():
+def test_wrong_impl_names_are_clear(monkeypatch):
     with pytest.raises(ValueError, match="matmul_impl='mkl' must be one of 'xla', 'blas'"):
         ModelConfig(matmul_impl="mkl")
+    monkeypatch.setenv("JAXLLM_BLAS", "atlas")
+    with pytest.raises(ValueError, match="JAXLLM_BLAS='atlas' must be one of mkl, openblas"):
+        blas_matmul.library()
     with pytest.raises(ValueError, match="attention_impl='flash'"):
         ModelConfig(attention_impl="flash")

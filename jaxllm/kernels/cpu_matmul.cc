@@ -1,10 +1,11 @@
-// Float32 matmul for XLA:CPU through MKL's sgemm, called through the XLA FFI. On these CPUs MKL runs the
-// model's shapes 10-60% faster than XLA's YNNPACK dots (the weight gradients x^T g most).
-// MKL is linked in statically with its symbols hidden (blas_matmul.py), so another MKL in the process
-// (PyTorch's) and ours never bind to each other's internals: a shared libmkl_rt loaded with its
-// sequential layer made PyTorch's matmuls single-threaded. MKL runs sequentially: the output is split
-// into one block per thread of XLA's intra-op pool, and the split depends only on the shapes (results
-// are the same run to run).
+// Float32 matmul for XLA:CPU through a BLAS sgemm (MKL or OpenBLAS, chosen per CPU in blas_matmul.py), called
+// through the XLA FFI. On the machines measured here both run the model's shapes faster than XLA's YNNPACK
+// dots; on AMD EPYC OpenBLAS's kernels run them ~1.1-1.7x faster than MKL's.
+// MKL is linked in statically with its symbols hidden, so another MKL in the process (PyTorch's) and ours
+// never bind to each other's internals: a shared libmkl_rt loaded with its sequential layer made PyTorch's
+// matmuls single-threaded. OpenBLAS (PyPI's scipy-openblas32) has its symbols prefixed, as NumPy's does.
+// Each call is single-threaded: the output is split into one block per thread of XLA's intra-op pool, and
+// the split depends only on the shapes (results are the same run to run).
 #include <algorithm>
 #include <cstdint>
 
@@ -13,8 +14,17 @@
 
 namespace ffi = xla::ffi;
 
+#ifdef JAXLLM_OPENBLAS
+extern "C" void scipy_cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                                  const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+extern "C" void scipy_openblas_set_num_threads(int);
+#define SGEMM scipy_cblas_sgemm
+static const bool single_threaded = (scipy_openblas_set_num_threads(1), true);
+#else
 extern "C" void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                             int lda, const float* b, int ldb, float beta, float* c, int ldc);
+#define SGEMM cblas_sgemm
+#endif
 
 namespace {
 
@@ -36,10 +46,10 @@ ffi::Error Matmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi
   jaxllm::parallel_for(pool, (side + block - 1) / block, [&](int p) {
     const int start = p * block, len = std::min(side, start + block) - start;
     if (by_rows)
-      cblas_sgemm(kRowMajor, ta, tb, len, N, K, 1.0f, trans_a ? A + start : A + int64_t(start) * lda, lda, B, ldb, 0.0f,
+      SGEMM(kRowMajor, ta, tb, len, N, K, 1.0f, trans_a ? A + start : A + int64_t(start) * lda, lda, B, ldb, 0.0f,
             C + int64_t(start) * N, N);
     else
-      cblas_sgemm(kRowMajor, ta, tb, M, len, K, 1.0f, A, lda, trans_b ? B + int64_t(start) * ldb : B + start, ldb, 0.0f,
+      SGEMM(kRowMajor, ta, tb, M, len, K, 1.0f, A, lda, trans_b ? B + int64_t(start) * ldb : B + start, ldb, 0.0f,
             C + start, N);
   });
   return ffi::Error::Success();

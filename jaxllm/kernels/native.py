@@ -35,22 +35,23 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
-def build(source: Path, compiler: str | None = None, link_args: tuple[str, ...] = ()) -> Path:
-    """Compile `source` (once per source text, link arguments, jaxlib and CPU) and return the shared
-    library's path."""
+def build(source: Path, compiler: str | None = None, extra_args: tuple[str, ...] = ()) -> Path:
+    """Compile `source` (once per source text, extra compiler and linker arguments, jaxlib and CPU) and return
+    the shared library's path."""
     compiler = compiler or os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C++ compiler {compiler!r} on PATH (install g++ or set $CXX)")
     headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]
     key = hashlib.sha256("\n".join([source.read_text(), *headers, jax.__version__, jax.lib.__version__, " ".join(FLAGS),
-                                    " ".join(link_args), compiler, _cpu_signature()]).encode()).hexdigest()[:16]
+                                    " ".join(extra_args), compiler, _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / "kernels" / f"{source.stem}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
-        cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{source.parent}", str(source), *link_args, "-o", str(out)]
+        cmd = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{source.parent}", str(source), *extra_args, "-o",
+               str(out)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"compiling {source.name} failed ({' '.join(cmd)}):\n{result.stderr[-2000:]}")
@@ -59,13 +60,14 @@ def build(source: Path, compiler: str | None = None, link_args: tuple[str, ...] 
 
 
 @functools.cache
-def load(name: str, targets: tuple[tuple[str, str], ...], link_args: tuple[str, ...] = ()) -> ctypes.CDLL | None:
-    """Build `name`.cc (linked with `link_args`), register its FFI handlers ((target, symbol) pairs) for the
-    CPU and return the library; None, with a warning naming the problem, when that cannot be done here."""
+def load(name: str, targets: tuple[tuple[str, str], ...], extra_args: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """Build `name`.cc (with compiler and linker arguments `extra_args`), register its FFI handlers ((target,
+    symbol) pairs) for the CPU and return the library; None, with a warning naming the problem, when that
+    cannot be done here."""
     if os.environ.get("JAXLLM_NATIVE_KERNELS", "1") == "0":
         return None
     try:
-        library = ctypes.cdll.LoadLibrary(str(build(HERE / f"{name}.cc", link_args=link_args)))
+        library = ctypes.cdll.LoadLibrary(str(build(HERE / f"{name}.cc", extra_args=extra_args)))
     except (RuntimeError, OSError) as e:
         log.warning("native CPU kernel %s unavailable, using XLA's ops instead: %s", name, e)
         return None

@@ -19,10 +19,10 @@ KNOWN_PEAKS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v4": 275e12,
 
 def measure_matmul_peak(n: int = 1024, dtype=jnp.float32, repeats: int = 5) -> float:
     """Best observed FLOP/s of a square matmul on the default device (the CPU ceiling for MFU): XLA's dot
-    and, for float32 on CPU with MKL installed, the MKL kernel of matmul_impl="blas", whichever is faster."""
+    and, for float32 on CPU with a BLAS installed, the kernel of matmul_impl="blas", whichever is faster."""
     a = jnp.ones((n, n), dtype)
     candidates = [jax.jit(lambda x, y: x @ y)]
-    if (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and blas_matmul.mkl_installed()
+    if (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32 and blas_matmul.installed()
             and blas_matmul.available()):
         candidates.append(jax.jit(blas_matmul.matmul))
     best = float("inf")
